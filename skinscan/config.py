@@ -1,0 +1,198 @@
+"""Typed, validated configuration: YAML files in `configs/`, `key.sub=value` overrides from the CLI.
+
+Every job has a pydantic model below. `load_config(Model, path, overrides)` reads the YAML, applies
+overrides and validates; any problem becomes a one-line `ConfigError` naming the key and what is allowed.
+`save_config` writes the resolved config next to an output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from skinscan.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ---------------------------------------------------------------- data
+class DataConfig(Section):
+    """Where labelled images come from. `source` is a CSV (ISIC 2019 ground truth, HAM10000 metadata,
+    or a SkinScan manifest CSV/Parquet), a folder-per-class tree, or an archive (zip/tar), as any fsspec URI."""
+
+    source: str = ""
+    images: str | None = (
+        None  # image root for CSV sources; default: `images/` beside the CSV, else the CSV folder
+    )
+    format: Literal["auto", "isic2019", "ham10000", "manifest", "folder", "unlabeled"] = "auto"
+    isic_groundtruth: str | None = None  # decides AK vs SCC for HAM10000 `akiec`
+    metadata: str | None = None  # ISIC 2019 metadata CSV (lesion_id)
+    hash: bool = True  # compute sha256 of each image's bytes
+
+
+class SplitConfig(Section):
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, ge=0, lt=0.5)
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    """A timm classifier by name, or `unet` for the segmenter; `kwargs` shrink or change it (tests)."""
+
+    name: str = "swin_tiny_patch4_window7_224"
+    img_size: int = Field(224, ge=16, le=2048)
+    pretrained: bool | str = False  # True: timm hub (needs network); a path: local weights file
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentConfig(Section):
+    hflip: bool = True
+    vflip: bool = True
+    rotate: bool = True  # right-angle rotations plus small random angles
+    color_jitter: float = Field(0.1, ge=0, le=1)
+    scale_min: float = Field(0.6, gt=0, le=1)  # random resized crop area range [scale_min, 1]
+
+
+class TrainConfig(Section):
+    task: Literal["classify", "segment"] = "classify"
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    classes: list[str] | None = None  # default: the classes present in the data, in ISIC 2019 order
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)  # per worker
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    oversample: bool = True
+    metric: Literal["balanced_accuracy", "accuracy", "macro_f1", "loss", "dice", "iou"] = "balanced_accuracy"
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    threads_per_worker: int = Field(1, ge=1)
+    amp: bool = True  # mixed precision, GPU only
+    max_failures: int = Field(2, ge=0)
+    max_train_samples_per_epoch: int | None = Field(None, ge=1)  # cap per epoch (all workers), CPU runs
+    time_budget_min: float | None = Field(None, gt=0)  # stop starting new epochs after this many minutes
+    storage_path: str = "runs/ray"  # Ray Train checkpoints
+    output: str = "runs/model"  # the model bundle directory
+    name: str = "train"
+    seed: int = 0
+    cache_images: bool = True  # decode once per worker, keep resized uint8 arrays in memory
+
+
+# ---------------------------------------------------------------- synthetic data
+class SynthConfig(Section):
+    output: str = "runs/synth.zip"  # a .zip, .tar or a folder
+    n_images: int = Field(400, ge=1)
+    size: int = Field(128, ge=32, le=2048)
+    classes: list[str] = Field(default_factory=lambda: ["MEL", "NV", "BCC", "BKL"])
+    imbalance: float = Field(4.0, ge=1)  # largest / smallest class count
+    seed: int = 0
+
+    @field_validator("classes")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from skinscan.taxonomy import ISIC2019_CLASSES
+
+        bad = [c for c in v if c not in ISIC2019_CLASSES]
+        if bad:
+            raise ValueError(f"unknown classes {bad}; allowed: {list(ISIC2019_CLASSES)}")
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("need at least two distinct classes")
+        return v
+
+
+# ---------------------------------------------------------------- loading
+def _set(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        nxt = d.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: cannot set a sub-key of non-mapping {k!r}")
+        d = nxt
+    d[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. epochs=3 or model.img_size=128")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set(out, key.strip(), value)
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def format_validation_error(err: ValidationError) -> str:
+    errs = err.errors()
+    e = errs[0]
+    key = ".".join(str(p) for p in e["loc"]) or "<root>"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "literal_error":
+        msg = "must be one of " + msg.split("Input should be ", 1)[-1]
+    got = e.get("input")
+    got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+    more = f" [+{len(errs) - 1} more]" if len(errs) > 1 else ""
+    return f"config key {key}: {msg}{got_s}{more}"
+
+
+def validate(model: type[T], data: dict) -> T:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(model: type[T], path: str | Path | None = None, overrides: list[str] | tuple = ()) -> T:
+    """Read YAML (optional), apply `key=value` overrides, validate into `model`."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    _merge(data, parse_overrides(list(overrides)))
+    return validate(model, data)
+
+
+def save_config(cfg: BaseModel, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to an output (YAML, stable key order)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    return path
+
+
+CONFIG_KINDS: dict[str, type[BaseModel]] = {"train": TrainConfig, "synth": SynthConfig}
+"""configs/<folder>/*.yaml -> the model that validates it."""

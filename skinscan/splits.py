@@ -1,0 +1,121 @@
+"""Deterministic, lesion-grouped, class-stratified splits and cross-dataset overlap checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from skinscan.errors import DataError
+
+
+def lesion_groups(df: pd.DataFrame) -> pd.Series:
+    """The grouping key: lesion_id where known, else the image itself."""
+    lesion = df["lesion_id"] if "lesion_id" in df else pd.Series([None] * len(df), index=df.index)
+    return lesion.where(lesion.notna(), "img:" + df["image_id"].astype(str)).astype(str)
+
+
+def _majority(labels: pd.Series) -> str:
+    """Most frequent label; ties broken alphabetically so the result never depends on row order."""
+    return min(labels.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def split_manifest(
+    df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int = 0
+) -> pd.DataFrame:
+    """Add a `split` column (train/val/test): whole lesions go to one split, each class in proportion.
+
+    Lesions are stratified by their majority label; within each class, lesions are ordered by a seeded
+    permutation and assigned to test, then val, until each holds its fraction of that class's images.
+    The result depends only on the manifest's content and the seed, not on row order.
+    """
+    if df["label"].isna().any():
+        raise DataError("cannot split: some images have no label")
+    if val_fraction + test_fraction >= 1:
+        raise DataError("val_fraction + test_fraction must be < 1")
+    df = df.copy()
+    df["_group"] = lesion_groups(df)
+    groups = df.groupby("_group").agg(n=("image_id", "size"), label=("label", _majority)).sort_index()
+    rng = np.random.default_rng(seed)
+    assign: dict[str, str] = {}
+    for label in sorted(groups["label"].unique()):
+        g = groups[groups["label"] == label]
+        order = g.index.to_numpy()[rng.permutation(len(g))]
+        total = int(g["n"].sum())
+        targets = [("test", test_fraction * total), ("val", val_fraction * total)]
+        filled = {"test": 0, "val": 0}
+        t = 0
+        for gid in order:
+            n = int(g.at[gid, "n"])
+            while t < len(targets) and filled[targets[t][0]] + n / 2 > targets[t][1]:
+                t += 1
+            name = targets[t][0] if t < len(targets) else "train"
+            if name != "train":
+                filled[name] += n
+            assign[gid] = name
+    df["split"] = df["_group"].map(assign)
+    return df.drop(columns="_group")
+
+
+def check_lesions_disjoint(df: pd.DataFrame) -> None:
+    groups = lesion_groups(df)
+    per_group = df.assign(_g=groups).groupby("_g")["split"].nunique()
+    crossing = per_group[per_group > 1]
+    if len(crossing):
+        raise DataError(f"{len(crossing)} lesions appear in more than one split (first: {crossing.index[0]})")
+
+
+@dataclass
+class OverlapReport:
+    """Images of `b` that are also in `a` (by image_id, by content hash, or by lesion)."""
+
+    n_a: int
+    n_b: int
+    by_image_id: int
+    by_sha256: int
+    by_lesion_id: int
+    overlapping: int  # images of b overlapping a by any criterion
+    examples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"{self.overlapping} of {self.n_b} images overlap the other set "
+            f"(image_id {self.by_image_id}, content {self.by_sha256}, lesion {self.by_lesion_id})"
+        )
+
+
+def overlap_mask(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Boolean masks over `b`: shares image_id, shares content hash, shares lesion_id with `a`."""
+    by_id = b["image_id"].isin(set(a["image_id"]))
+    hashes_a = {h for h in a.get("sha256", pd.Series(dtype=str)).dropna() if h}
+    by_hash = b.get("sha256", pd.Series([""] * len(b), index=b.index)).isin(hashes_a) & (
+        b.get("sha256", "") != ""
+    )
+    lesions_a = {x for x in a.get("lesion_id", pd.Series(dtype=str)).dropna()}
+    by_lesion = b.get("lesion_id", pd.Series([None] * len(b), index=b.index)).isin(lesions_a)
+    return by_id, by_hash, by_lesion
+
+
+def overlap_report(a: pd.DataFrame, b: pd.DataFrame, max_examples: int = 5) -> OverlapReport:
+    by_id, by_hash, by_lesion = overlap_mask(a, b)
+    anym = by_id | by_hash | by_lesion
+    return OverlapReport(
+        n_a=len(a),
+        n_b=len(b),
+        by_image_id=int(by_id.sum()),
+        by_sha256=int(by_hash.sum()),
+        by_lesion_id=int(by_lesion.sum()),
+        overlapping=int(anym.sum()),
+        examples=b["image_id"][anym].head(max_examples).tolist(),
+    )
+
+
+def remove_overlap(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, OverlapReport]:
+    """Drop from `a` (e.g. ISIC 2019 training) every image that overlaps `b` (e.g. a HAM10000 test set)."""
+    report = overlap_report(b, a)
+    by_id, by_hash, by_lesion = overlap_mask(b, a)
+    return a[~(by_id | by_hash | by_lesion)].reset_index(drop=True), report

@@ -1,0 +1,156 @@
+"""Reading bytes from any fsspec URI: local folders, zip and tar archives (read in place), s3://, memory://.
+
+An archive member is addressed with fsspec's chained-URL syntax, e.g. ``zip://images/a.jpg::/data/x.zip``
+or ``tar://a.jpg::s3://bucket/x.tar.gz``. Archive filesystems are cached per process, so listing or reading
+many members opens each archive once.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from pathlib import Path
+
+import fsspec
+
+from skinscan.errors import DataError
+
+ARCHIVE_SUFFIXES: dict[str, tuple[str, str | None]] = {
+    ".zip": ("zip", None),
+    ".tar": ("tar", None),
+    ".tar.gz": ("tar", "gzip"),
+    ".tgz": ("tar", "gzip"),
+    ".tar.bz2": ("tar", "bz2"),
+    ".tar.xz": ("tar", "xz"),
+}
+SIDECAR_SUFFIXES = (".csv", ".json", ".parquet", ".yaml", ".yml", ".md", ".txt")
+
+
+def archive_kind(uri: str) -> tuple[str, str | None] | None:
+    """('zip'|'tar', compression) when `uri` names an archive by its suffix, else None."""
+    low = uri.lower()
+    for suffix, kind in sorted(ARCHIVE_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if low.endswith(suffix):
+            return kind
+    return None
+
+
+def normalize(uri: str) -> str:
+    """Local paths become absolute; URIs with a protocol are kept as they are."""
+    if "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+@functools.lru_cache(maxsize=64)
+def archive_fs(kind: str, archive_uri: str, compression: str | None = None) -> fsspec.AbstractFileSystem:
+    """An fsspec filesystem over an archive, opened once per process."""
+    try:  # both archive filesystems open `fo` through fsspec; tar detects its compression itself
+        return fsspec.filesystem(kind, fo=archive_uri)
+    except Exception as err:  # noqa: BLE001 - any failure means the archive is unreadable
+        raise DataError(f"cannot open {kind} archive {archive_uri}: {err}") from None
+
+
+def split_chained(uri: str) -> tuple[str, str, str] | None:
+    """('zip'|'tar', member, archive_uri) for a chained archive-member URI, else None."""
+    for kind in ("zip", "tar"):
+        prefix = kind + "://"
+        if uri.startswith(prefix) and "::" in uri:
+            member, archive = uri[len(prefix) :].split("::", 1)
+            return kind, member, archive
+    return None
+
+
+def _fs_for_archive(archive_uri: str) -> fsspec.AbstractFileSystem:
+    kind = archive_kind(archive_uri)
+    if kind is None:
+        raise DataError(f"not an archive: {archive_uri}")
+    return archive_fs(kind[0], archive_uri, kind[1])
+
+
+def read_bytes(uri: str) -> bytes:
+    """All bytes of one file, archive member or object. Raises FileNotFoundError when absent."""
+    chained = split_chained(uri)
+    if chained:
+        _, member, archive = chained
+        fs = _fs_for_archive(archive)
+        return fs.cat_file(member)
+    with fsspec.open(uri, "rb") as f:
+        return f.read()
+
+
+def exists(uri: str) -> bool:
+    chained = split_chained(uri)
+    if chained:
+        _, member, archive = chained
+        return _fs_for_archive(archive).exists(member)
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.exists(path)
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.isdir(path)
+
+
+def _keep(name: str, include_sidecars: bool) -> bool:
+    base = posixpath.basename(name)
+    if not base or base.startswith(".") or "__MACOSX" in name:
+        return False
+    return include_sidecars or not base.lower().endswith(SIDECAR_SUFFIXES)
+
+
+def list_files(uri: str, include_sidecars: bool = False) -> list[str]:
+    """Every file under a folder or inside an archive, as readable URIs, sorted.
+
+    Sidecar files (CSV, JSON, YAML, Parquet, text) are left out unless `include_sidecars`.
+    """
+    uri = normalize(uri)
+    kind = archive_kind(uri)
+    if kind is not None:
+        if not exists(uri):
+            raise DataError(f"archive not found: {uri}")
+        fs = archive_fs(kind[0], uri, kind[1])
+        names = [n for n, info in fs.find("", detail=True).items() if info.get("type") == "file"]
+        return sorted(f"{kind[0]}://{n.lstrip('/')}::{uri}" for n in names if _keep(n, include_sidecars))
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise DataError(f"input not found: {uri}")
+    if not fs.isdir(path):
+        return [uri]
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    out = []
+    for name in fs.find(path):
+        if not _keep(name, include_sidecars):
+            continue
+        out.append(name if protocol in ("file", "local") else f"{protocol}://{name.lstrip('/')}")
+    return sorted(out)
+
+
+def join(root: str, name: str) -> str:
+    """Join a member name to a folder or archive root URI."""
+    root = normalize(root)
+    kind = archive_kind(root)
+    if kind is not None:
+        return f"{kind[0]}://{name}::{root}"
+    chained = split_chained(root)
+    if chained:  # a folder inside an archive
+        k, member, archive = chained
+        return f"{k}://{posixpath.join(member, name)}::{archive}"
+    return root.rstrip("/") + "/" + name
+
+
+def parent(uri: str) -> str:
+    chained = split_chained(uri)
+    if chained:
+        k, member, archive = chained
+        par = posixpath.dirname(member)
+        return f"{k}://{par}::{archive}" if par else archive
+    return uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
+
+
+def stem(uri: str) -> str:
+    """File name without folders or extension: the image id convention of ISIC (ISIC_0024306)."""
+    chained = split_chained(uri)
+    name = posixpath.basename(chained[1] if chained else uri)
+    return name.split(".", 1)[0]

@@ -1,0 +1,51 @@
+"""Shared fixtures: real data (skipped with a reason when absent), synthetic archives, a local Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SKINSCAN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+HAM = SHARED / "ham10000_200"
+ISIC_ARCHIVE = SHARED / "isic_archive"
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
+
+
+@pytest.fixture(scope="session")
+def ham_dir() -> Path:
+    if not (HAM / "HAM10000_metadata.csv").is_file():
+        pytest.skip(f"real HAM10000 share not found at {HAM} (set SKINSCAN_SHARED_DATA)")
+    return HAM
+
+
+@pytest.fixture(scope="session")
+def isic_archive_dir() -> Path:
+    if not (ISIC_ARCHIVE / "ISIC_2019_Training_GroundTruth.csv").is_file():
+        pytest.skip(f"real ISIC Archive sample not found at {ISIC_ARCHIVE} (set SKINSCAN_SHARED_DATA)")
+    return ISIC_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def synth_zip(tmp_path_factory) -> Path:
+    from skinscan.config import SynthConfig
+    from skinscan.synth import generate
+
+    out = tmp_path_factory.mktemp("synth") / "synth.zip"
+    generate(SynthConfig(output=str(out), n_images=120, size=64, seed=1), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (2 CPUs)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
