@@ -60,13 +60,9 @@ def cmd_data_split(a: argparse.Namespace) -> int:
     save_config(split_cfg, out.parent, out.stem + ".config.yaml")
     for name in ("train", "val", "test"):
         part = df[df["split"] == name]
-        print(
-            f"{name:5s} {len(part):6d} images, {part['lesion_id'].nunique():5d} lesions  {class_counts(part)}"
-        )
+        print(f"{name:5s} {len(part):6d} images, {part['lesion_id'].nunique():5d} lesions  {class_counts(part)}")
     _, hist = oversample_frame(df[df["split"] == "train"], seed=split_cfg.seed)
-    print(
-        f"train oversampled (as training will draw it): before {hist['before']}\n{'':26s}after  {hist['after']}"
-    )
+    print(f"train oversampled (as training will draw it): before {hist['before']}\n{'':26s}after  {hist['after']}")
     print(f"-> {out}")
     return 0
 
@@ -109,12 +105,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="manifests, splits, overlap checks, synthetic data")
     dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{manifest,split,overlap,synth}")
 
-    m = dsub.add_parser(
-        "manifest", help="read a dataset (CSV, folder, archive, any fsspec URI) into a manifest"
-    )
-    m.add_argument(
-        "source", help="ISIC 2019 ground-truth CSV, HAM10000 metadata CSV, class-folder tree or archive"
-    )
+    m = dsub.add_parser("manifest", help="read a dataset (CSV, folder, archive, any fsspec URI) into a manifest")
+    m.add_argument("source", help="ISIC 2019 ground-truth CSV, HAM10000 metadata CSV, class-folder tree or archive")
     m.add_argument("-o", "--output", required=True, help="manifest to write (.csv or .parquet)")
     m.add_argument("--format", default="auto", help="auto|isic2019|ham10000|manifest|folder|unlabeled")
     m.add_argument("--images", help="image folder/archive for CSV sources (default: images/ beside the CSV)")
@@ -159,7 +151,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-SUBCOMMAND_MODULES: list[str] = []
+SUBCOMMAND_MODULES: list[str] = ["skinscan.commands_train", "skinscan.commands_convert", "skinscan.commands_explain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,9 +29,7 @@ class DataConfig(Section):
     or a SkinScan manifest CSV/Parquet), a folder-per-class tree, or an archive (zip/tar), as any fsspec URI."""
 
     source: str = ""
-    images: str | None = (
-        None  # image root for CSV sources; default: `images/` beside the CSV, else the CSV folder
-    )
+    images: str | None = None  # image root for CSV sources; default: `images/` beside the CSV, else the CSV folder
     format: Literal["auto", "isic2019", "ham10000", "manifest", "folder", "unlabeled"] = "auto"
     isic_groundtruth: str | None = None  # decides AK vs SCC for HAM10000 `akiec`
     metadata: str | None = None  # ISIC 2019 metadata CSV (lesion_id)

@@ -79,9 +79,7 @@ def decode_image(
         kind = "truncated" if any(w in msg.lower() for w in ("truncated", "broken", "eof")) else "unsupported"
         raise ImageDecodeError(uri, kind, msg) from None
     except (SyntaxError, ValueError, TypeError, IndexError, EOFError) as err:
-        raise ImageDecodeError(
-            uri, "truncated" if isinstance(err, EOFError) else "unsupported", str(err)
-        ) from None
+        raise ImageDecodeError(uri, "truncated" if isinstance(err, EOFError) else "unsupported", str(err)) from None
 
 
 def read_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
@@ -99,4 +97,4 @@ def resize_square(im: Image.Image, size: int, resample: int = Image.BILINEAR) ->
     """Resize to size x size (no crop; dermoscopy lesions are centred) and return HWC uint8."""
     if im.size != (size, size):
         im = im.resize((size, size), resample, reducing_gap=2.0)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # writable copy (torch.from_numpy needs one)

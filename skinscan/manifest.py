@@ -83,9 +83,7 @@ def _attach_uris(df: pd.DataFrame, images: str, csv_uri: str) -> pd.DataFrame:
         kind, member, archive = chained
         prefix = member.rstrip("/") + "/" if member else ""
         index = {
-            storage.stem(u): u
-            for u in storage.list_files(archive)
-            if storage.split_chained(u)[1].startswith(prefix)
+            storage.stem(u): u for u in storage.list_files(archive) if storage.split_chained(u)[1].startswith(prefix)
         }
     else:
         index = _image_index(images)
@@ -136,9 +134,7 @@ def read_isic2019(
     if metadata:
         meta = _read_csv(metadata)
         _require(meta, ["image", "lesion_id"], metadata, "ISIC 2019 metadata")
-        df = df.merge(
-            meta[["image", "lesion_id"]].rename(columns={"image": "image_id"}), on="image_id", how="left"
-        )
+        df = df.merge(meta[["image", "lesion_id"]].rename(columns={"image": "image_id"}), on="image_id", how="left")
     df = _attach_uris(df, images or _default_images_root(gt_csv), gt_csv)
     return _finish(df, "isic2019", hash_bytes)
 
@@ -156,9 +152,7 @@ def read_ham10000(
     if bad:
         raise DataError(f"{meta_csv}: unknown dx codes {bad}; expected {sorted(HAM_DX_TO_ISIC)}")
     labels = [ham_dx_to_isic(dx, isic.get(i)) for dx, i in zip(meta["dx"], meta["image_id"].astype(str))]
-    df = pd.DataFrame(
-        {"image_id": meta["image_id"].astype(str), "label": labels, "lesion_id": meta["lesion_id"]}
-    )
+    df = pd.DataFrame({"image_id": meta["image_id"].astype(str), "label": labels, "lesion_id": meta["lesion_id"]})
     df = _attach_uris(df, images or _default_images_root(meta_csv), meta_csv)
     return _finish(df, "ham10000", hash_bytes)
 
@@ -249,9 +243,7 @@ def _csv_kind(uri: str) -> str:
         return "ham10000"
     if "uri" in head and "image_id" in head:
         return "manifest"
-    raise DataError(
-        f"{uri}: unrecognised CSV (expected ISIC 2019 ground truth, HAM10000 metadata or a manifest)"
-    )
+    raise DataError(f"{uri}: unrecognised CSV (expected ISIC 2019 ground truth, HAM10000 metadata or a manifest)")
 
 
 def _find_sidecar(root: str, name: str) -> str | None:

@@ -21,9 +21,7 @@ def _majority(labels: pd.Series) -> str:
     return min(labels.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
-def split_manifest(
-    df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int = 0
-) -> pd.DataFrame:
+def split_manifest(df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int = 0) -> pd.DataFrame:
     """Add a `split` column (train/val/test): whole lesions go to one split, each class in proportion.
 
     Lesions are stratified by their majority label; within each class, lesions are ordered by a seeded
@@ -92,9 +90,7 @@ def overlap_mask(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.Series, pd.Series
     """Boolean masks over `b`: shares image_id, shares content hash, shares lesion_id with `a`."""
     by_id = b["image_id"].isin(set(a["image_id"]))
     hashes_a = {h for h in a.get("sha256", pd.Series(dtype=str)).dropna() if h}
-    by_hash = b.get("sha256", pd.Series([""] * len(b), index=b.index)).isin(hashes_a) & (
-        b.get("sha256", "") != ""
-    )
+    by_hash = b.get("sha256", pd.Series([""] * len(b), index=b.index)).isin(hashes_a) & (b.get("sha256", "") != "")
     lesions_a = {x for x in a.get("lesion_id", pd.Series(dtype=str)).dropna()}
     by_lesion = b.get("lesion_id", pd.Series([None] * len(b), index=b.index)).isin(lesions_a)
     return by_id, by_hash, by_lesion

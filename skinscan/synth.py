@@ -27,20 +27,20 @@ from skinscan.taxonomy import ISIC2019_CLASSES, ISIC2019_OUTPUT_COLUMNS
 class LesionStyle:
     color: tuple[int, int, int]  # main pigment (RGB)
     color2: tuple[int, int, int]  # secondary pigment for texture
-    radius: tuple[float, float]  # fraction of the image side
+    radius: tuple[float, float]  # fraction of the image side (the same for all: size is no shortcut)
     irregularity: float  # 0 round .. 0.35 very irregular border
     texture: str  # "none" | "dots" | "network" | "blobs" | "veil"
 
 
 STYLES: dict[str, LesionStyle] = {
-    "MEL": LesionStyle((60, 35, 30), (70, 80, 120), (0.22, 0.34), 0.30, "veil"),
-    "NV": LesionStyle((140, 90, 55), (110, 70, 45), (0.14, 0.22), 0.03, "network"),
-    "BCC": LesionStyle((215, 150, 150), (180, 40, 50), (0.14, 0.24), 0.12, "network"),
-    "AK": LesionStyle((200, 110, 100), (240, 230, 220), (0.12, 0.2), 0.10, "dots"),
-    "BKL": LesionStyle((175, 135, 85), (245, 240, 210), (0.15, 0.25), 0.08, "dots"),
-    "DF": LesionStyle((150, 105, 80), (250, 245, 245), (0.1, 0.16), 0.04, "blobs"),
-    "VASC": LesionStyle((150, 30, 70), (90, 10, 60), (0.1, 0.18), 0.06, "blobs"),
-    "SCC": LesionStyle((225, 190, 170), (200, 60, 40), (0.16, 0.26), 0.18, "dots"),
+    "MEL": LesionStyle((60, 35, 30), (70, 80, 120), (0.12, 0.26), 0.30, "veil"),
+    "NV": LesionStyle((140, 90, 55), (110, 70, 45), (0.12, 0.26), 0.03, "network"),
+    "BCC": LesionStyle((215, 150, 150), (180, 40, 50), (0.12, 0.26), 0.12, "network"),
+    "AK": LesionStyle((200, 110, 100), (240, 230, 220), (0.12, 0.26), 0.10, "dots"),
+    "BKL": LesionStyle((195, 165, 90), (245, 240, 210), (0.12, 0.26), 0.08, "dots"),
+    "DF": LesionStyle((150, 105, 80), (250, 245, 245), (0.12, 0.26), 0.04, "blobs"),
+    "VASC": LesionStyle((150, 30, 70), (90, 10, 60), (0.12, 0.26), 0.06, "blobs"),
+    "SCC": LesionStyle((225, 190, 170), (200, 60, 40), (0.12, 0.26), 0.18, "dots"),
 }
 
 
@@ -63,13 +63,7 @@ def render(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray,
     theta = np.arctan2(yy - cy, xx - cx)
     r_edge = np.full_like(theta, base_r)
     for k in range(2, 7):
-        r_edge += (
-            base_r
-            * st.irregularity
-            / k**0.5
-            * rng.uniform(0.3, 1.0)
-            * np.sin(k * theta + rng.uniform(0, 6.3))
-        )
+        r_edge += base_r * st.irregularity / k**0.5 * rng.uniform(0.3, 1.0) * np.sin(k * theta + rng.uniform(0, 6.3))
     dist = np.hypot(xx - cx, yy - cy)
     mask = dist <= r_edge
 
@@ -83,7 +77,7 @@ def render(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray,
         for _ in range(int(rng.integers(8, 20))):
             a, rr = rng.uniform(0, 6.3), rng.uniform(0, 0.8) * base_r
             px, py = cx + rr * np.cos(a), cy + rr * np.sin(a)
-            tex = np.maximum(tex, (np.hypot(xx - px, yy - py) < size * 0.015).astype(np.float32))
+            tex = np.maximum(tex, (np.hypot(xx - px, yy - py) < max(1.5, size * 0.02)).astype(np.float32))
     elif st.texture == "blobs":
         for _ in range(int(rng.integers(3, 7))):
             a, rr = rng.uniform(0, 6.3), rng.uniform(0, 0.6) * base_r
@@ -126,9 +120,7 @@ class _Writer:
     def __init__(self, out: Path, kind_from: Path):
         self.out = out
         low = kind_from.name.lower()
-        self.kind = (
-            "zip" if low.endswith(".zip") else "tar" if ".tar" in low or low.endswith(".tgz") else "dir"
-        )
+        self.kind = "zip" if low.endswith(".zip") else "tar" if ".tar" in low or low.endswith(".tgz") else "dir"
         out.parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "zip":
             self.zf = zipfile.ZipFile(out, "w", zipfile.ZIP_STORED)

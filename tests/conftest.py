@@ -46,6 +46,47 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+TINY_SWIN = {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
+
+
+def make_bundle(
+    directory: Path,
+    name: str = "swin_tiny_patch4_window7_224",
+    kwargs: dict | None = None,
+    classes=("MEL", "NV", "BCC", "BKL"),
+    size: int = 64,
+    task: str = "classify",
+    seed: int = 0,
+) -> Path:
+    """A random-init model bundle (no training): for conversion, runtime and explanation tests."""
+    import torch
+
+    from skinscan.bundle import save_bundle
+    from skinscan.config import ModelConfig
+    from skinscan.models import create_model
+
+    torch.manual_seed(seed)
+    kwargs = dict(TINY_SWIN if kwargs is None and name.startswith("swin") else (kwargs or {}))
+    model = create_model(ModelConfig(name=name, img_size=size, kwargs=kwargs), num_classes=len(classes))
+    card = {
+        "task": task,
+        "architecture": {"name": name, "kwargs": kwargs},
+        "input_size": size,
+        "class_names": list(classes) if task == "classify" else [],
+    }
+    return save_bundle(directory, model.eval(), card)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {
+        "swin": make_bundle(root / "swin"),
+        "efficientnet": make_bundle(root / "effnet", "efficientnet_b0", {}, size=64),
+        "unet": make_bundle(root / "unet", "unet", {"base": 8, "depth": 3}, task="segment"),
+    }

@@ -23,10 +23,7 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_synth_then_manifest_then_split(tmp_path):
-    assert (
-        _run("data", "synth", "-o", str(tmp_path / "s.tar"), "--n", "40", "--size", "48", "-q").returncode
-        == 0
-    )
+    assert _run("data", "synth", "-o", str(tmp_path / "s.tar"), "--n", "40", "--size", "48", "-q").returncode == 0
     out = _run("data", "split", str(tmp_path / "s.tar"), "-o", str(tmp_path / "split.csv"))
     assert out.returncode == 0, out.stderr
     assert "after" in out.stdout and (tmp_path / "split.config.yaml").exists()

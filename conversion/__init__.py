@@ -1,0 +1,1 @@
+"""Model conversion: ONNX export with parity checks, TensorRT engines (optional extra)."""

@@ -1,0 +1,67 @@
+"""Torch datasets over manifests: images (and masks) decoded once, resized, cached as uint8 in memory."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from skinscan import storage
+from skinscan.imageio import read_image, resize_square
+from skinscan.transforms import to_model_input
+
+
+def read_mask(uri: str, size: int) -> np.ndarray:
+    """A lesion mask resized to size x size, thresholded at 128 (anti-aliased masks)."""
+    im = Image.open(io.BytesIO(storage.read_bytes(uri))).convert("L")
+    return (resize_square(im, size, Image.BILINEAR) >= 128).astype(np.uint8)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image tensor, label index) or, with `mask_uris`, (image tensor, mask tensor [1,H,W] float).
+
+    Images are decoded at `load_size` (JPEG draft mode) on first use and cached, so later epochs only
+    augment. `transform` (torchvision v2) runs on uint8 tensors before normalisation.
+    """
+
+    def __init__(self, uris, labels=None, load_size: int = 224, transform=None, mask_uris=None, cache: bool = True):
+        self.uris = list(uris)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.mask_uris = None if mask_uris is None else list(mask_uris)
+        self.load_size, self.transform, self.cache = load_size, transform, cache
+        self._img: dict[int, np.ndarray] = {}
+        self._mask: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def image(self, i: int) -> np.ndarray:
+        if i in self._img:
+            return self._img[i]
+        arr = resize_square(read_image(self.uris[i], draft_size=self.load_size), self.load_size)
+        if self.cache:
+            self._img[i] = arr
+        return arr
+
+    def mask(self, i: int) -> np.ndarray:
+        if i in self._mask:
+            return self._mask[i]
+        arr = read_mask(self.mask_uris[i], self.load_size)
+        if self.cache:
+            self._mask[i] = arr
+        return arr
+
+    def __getitem__(self, i: int):
+        img = tv_tensors.Image(torch.from_numpy(self.image(i)).permute(2, 0, 1))
+        if self.mask_uris is not None:
+            mask = tv_tensors.Mask(torch.from_numpy(self.mask(i))[None])
+            if self.transform is not None:
+                img, mask = self.transform(img, mask)
+            return to_model_input(img.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor).float()
+        if self.transform is not None:
+            img = self.transform(img)
+        label = -1 if self.labels is None else int(self.labels[i])
+        return to_model_input(img.as_subclass(torch.Tensor)), label

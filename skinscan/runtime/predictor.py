@@ -1,0 +1,172 @@
+"""Backends: torch (CPU/CUDA, optional torch.compile and half precision), onnxruntime (CPU, CUDA, TensorRT
+execution providers when present) and tensorrt (a serialised engine built by `conversion.tensorrt_build`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from skinscan.bundle import read_card
+from skinscan.errors import ConfigError, MissingDependency
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class Prediction:
+    outputs: list[np.ndarray]
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.outputs[0]
+
+    @property
+    def features(self) -> np.ndarray | None:
+        return self.outputs[1] if len(self.outputs) > 1 else None
+
+
+class Predictor(Protocol):
+    card: dict
+    backend: str
+
+    def predict(self, x: np.ndarray) -> Prediction: ...
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class TorchPredictor:
+    backend = "torch"
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        with_features: bool = True,
+        device: str = "auto",
+        fp16: bool = False,
+        compile: bool = False,
+        threads: int | None = None,
+    ):
+        import torch
+
+        from skinscan.bundle import load_bundle
+        from skinscan.models import LogitsAndFeatures
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(
+            "cuda" if device == "auto" and _cuda_available() else ("cpu" if device == "auto" else device)
+        )
+        model, self.card = load_bundle(bundle, self.device)
+        if self.card["task"] == "classify" and with_features:
+            model = LogitsAndFeatures(model).eval()
+        self.dtype = (
+            torch.float16 if fp16 and self.device.type == "cuda" else (torch.bfloat16 if fp16 else torch.float32)
+        )
+        model = model.to(self.dtype)
+        self.model = torch.compile(model) if compile else model
+        self.torch = torch
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        t = self.torch
+        with t.inference_mode():
+            out = self.model(t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return Prediction([o.float().cpu().numpy() for o in outs])
+
+
+class OnnxPredictor:
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        with_features: bool = True,
+        device: str = "auto",
+        fp16: bool = False,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ):
+        import onnxruntime as ort
+
+        from conversion.onnx_export import export_onnx, onnx_path
+
+        self.card = read_card(bundle)
+        key = "onnx_fp16" if fp16 else "onnx"
+        if key not in self.card.get("exports", {}):
+            export_onnx(bundle, fp16=fp16)
+            self.card = read_card(bundle)
+        path = onnx_path(bundle, fp16=fp16)
+        available = ort.get_available_providers()
+        if providers is None:
+            wanted = (
+                ["CPUExecutionProvider"]
+                if device == "cpu"
+                else ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+            )
+            providers = [p for p in wanted if p in available]
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.input_dtype = np.float16 if fp16 else np.float32
+        names = [o.name for o in self.session.get_outputs()]
+        self.outputs = names if with_features else names[:1]
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        outs = self.session.run(self.outputs, {self.input: np.ascontiguousarray(x, dtype=self.input_dtype)})
+        return Prediction([o.astype(np.float32, copy=False) for o in outs])
+
+
+class TensorRTPredictor:
+    backend = "tensorrt"
+
+    def __init__(
+        self, bundle: str | Path, with_features: bool = True, device: str = "auto", fp16: bool = False, **_: object
+    ):
+        from conversion.tensorrt_build import TensorRTRunner, require_tensorrt
+
+        require_tensorrt()
+        self.card = read_card(bundle)
+        entry = self.card.get("exports", {}).get("tensorrt_fp16" if fp16 else "tensorrt")
+        if not entry:
+            raise MissingDependency(
+                f"{bundle}: no TensorRT engine; run `skinscan convert --model {bundle} "
+                f"--to tensorrt{' --fp16' if fp16 else ''}` on the GPU machine"
+            )
+        self.runner = TensorRTRunner(Path(bundle) / entry["file"])
+        self.n_out = None if with_features else 1
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        import torch
+
+        outs = self.runner(torch.from_numpy(np.ascontiguousarray(x)))
+        return Prediction([o.float().cpu().numpy() for o in outs[: self.n_out]])
+
+
+def create_predictor(
+    bundle: str | Path,
+    backend: str = "onnxruntime",
+    with_features: bool = True,
+    device: str = "auto",
+    fp16: bool = False,
+    threads: int | None = None,
+    compile: bool = False,
+) -> Predictor:
+    """The predictor for `backend` over a model bundle (ONNX is exported on first use when missing)."""
+    if backend == "torch":
+        return TorchPredictor(bundle, with_features, device, fp16, compile, threads)
+    if backend == "onnxruntime":
+        return OnnxPredictor(bundle, with_features, device, fp16, threads)
+    if backend == "tensorrt":
+        return TensorRTPredictor(bundle, with_features, device, fp16)
+    raise ConfigError(f"backend {backend!r}: must be one of {list(BACKENDS)}")

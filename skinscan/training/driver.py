@@ -1,0 +1,186 @@
+"""Driver side of training: data preparation, the Ray Train job, and the model bundle it ends in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from skinscan.config import TrainConfig, save_config
+from skinscan.errors import DataError, SkinScanError
+from skinscan.taxonomy import ISIC2019_OUTPUT_COLUMNS
+
+
+def manifest_hash(df: pd.DataFrame) -> str:
+    cols = [c for c in ("image_id", "sha256", "label", "split") if c in df]
+    lines = sorted(df[cols].astype(str).agg(",".join, axis=1))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest with a `split` column (and `mask_uri` for segmentation), and the class names."""
+    from skinscan import storage
+    from skinscan.manifest import build_manifest
+    from skinscan.splits import check_lesions_disjoint, split_manifest
+    from skinscan.synth import mask_uri_for
+
+    df = build_manifest(cfg.data)
+    if cfg.task == "segment":
+        df["mask_uri"] = df["uri"].map(mask_uri_for)
+        has = df["mask_uri"].map(storage.exists)
+        if not has.any():
+            raise DataError(f"{cfg.data.source}: no masks found (expected masks/<image_id>_segmentation.png)")
+        df = df[has].reset_index(drop=True)
+        if df["label"].isna().any():  # segmentation needs no labels; split stratifies on a placeholder
+            df["label"] = df["label"].fillna("lesion")
+        classes: list[str] = []
+    else:
+        df = df[df["label"].notna()].reset_index(drop=True)
+        if df.empty:
+            raise DataError(f"{cfg.data.source}: no labelled images to train on")
+        present = [c for c in ISIC2019_OUTPUT_COLUMNS if c in set(df["label"])]
+        classes = cfg.classes or present
+        unknown = sorted(set(df["label"]) - set(classes))
+        if unknown:
+            df = df[df["label"].isin(classes)].reset_index(drop=True)
+            print(f"[train] dropped images of classes not in `classes`: {unknown}")
+    if "split" not in df or df["split"].isna().any():
+        df = split_manifest(df, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
+    check_lesions_disjoint(df)
+    if not (df["split"] == "val").any() or not (df["split"] == "train").any():
+        raise DataError("split produced an empty train or val set; use more images or larger fractions")
+    return df, classes
+
+
+def _rows(df: pd.DataFrame, split: str) -> list[dict]:
+    cols = [c for c in ("image_id", "uri", "label", "mask_uri") if c in df]
+    return df.loc[df["split"] == split, cols].to_dict("records")
+
+
+def plot_history(history: list[dict], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
+    a.plot(ep, [h["val_loss"] for h in history], "o-", label="val loss")
+    a.set_xlabel("epoch")
+    a.legend()
+    for key in ("balanced_accuracy", "accuracy", "macro_f1", "dice", "iou"):
+        if key in history[0]:
+            b.plot(ep, [h[key] for h in history], "o-", label=key)
+    best = max(history, key=lambda h: h["best_epoch"])["best_epoch"]
+    b.axvline(best, color="grey", ls="--", lw=1, label=f"best ({metric})")
+    b.set_xlabel("epoch")
+    b.set_ylim(0, 1)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
+    """Train on Ray, keep the best validation checkpoint, write the model bundle; returns its path."""
+    import ray
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    from skinscan.bundle import library_versions, save_bundle
+    from skinscan.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+    from skinscan.training.loop import HIGHER_IS_BETTER, train_loop
+    from skinscan.transforms import PREPROCESSING
+
+    if cfg.task == "segment" and cfg.metric not in ("dice", "iou", "loss"):
+        cfg = cfg.model_copy(update={"metric": "dice"})
+    if cfg.task == "classify" and cfg.metric in ("dice", "iou"):
+        raise SkinScanError(f"metric {cfg.metric} is for segmentation; use balanced_accuracy, accuracy, macro_f1")
+    if cfg.task == "segment" and cfg.model.name != "unet":
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "unet"})})
+    out = Path(cfg.output).resolve()
+    df, classes = prepare_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    df.to_parquet(out / "train_manifest.parquet", index=False)
+    counts = df.groupby(["split"]).size().to_dict()
+    print(f"[train] {cfg.task}: {len(df)} images {counts}; classes {classes or '-'}", flush=True)
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, configure_logging=False)
+    higher = HIGHER_IS_BETTER[cfg.metric]
+    run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": cfg.model_dump(),
+            "classes": classes or ["lesion"],
+            "train": _rows(df, "train"),
+            "val": _rows(df, "val"),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.threads_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            storage_path=str(Path(cfg.storage_path).resolve()) if "://" not in cfg.storage_path else cfg.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order="max" if higher else "min"
+            ),
+        ),
+    )
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        first = str(err).strip().splitlines()
+        raise SkinScanError(f"training failed: {first[-1] if first else err}") from None
+    wall = time.time() - t0
+    best_ckpt = result.get_best_checkpoint(cfg.metric, "max" if higher else "min")
+    if best_ckpt is None:
+        raise SkinScanError("training produced no checkpoint")
+    with best_ckpt.as_directory() as d:
+        best_state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    with result.checkpoint.as_directory() as d:
+        history = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)["history"]
+
+    model = create_model(cfg.model, num_classes=len(classes) or 1)
+    model.load_state_dict(best_state["model"])
+    best_metrics = {k: v for k, v in best_state["history"][-1].items() if k != "drawn_per_worker"}
+    card = {
+        "task": cfg.task,
+        "architecture": {
+            "name": cfg.model.name,
+            "kwargs": cfg.model.kwargs,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        "class_names": classes,
+        "input_size": cfg.model.img_size,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "preprocessing": PREPROCESSING,
+        "training_config": json.loads(cfg.model_dump_json()),
+        "data_manifest_sha256": manifest_hash(df),
+        "data_counts": {s: int(n) for s, n in counts.items()},
+        "best_epoch": best_state["epoch"],
+        "selection_metric": cfg.metric,
+        "validation_metrics": best_metrics,
+        "epochs_run": len(history),
+        "train_wall_s": round(wall, 1),
+        "ray_run": {"name": run_name, "storage_path": cfg.storage_path},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "library_versions": library_versions(),
+    }
+    save_bundle(out, model, card)
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    plot_history(history, cfg.metric, out / "training_curves.png")
+    shown = {k: round(v, 4) for k, v in best_metrics.items() if isinstance(v, float)}
+    print(f"[train] best epoch {best_state['epoch']} ({cfg.metric}={best_state['best']['score']:.4f}) {shown}")
+    print(f"[train] bundle -> {out}  ({wall:.0f} s)", flush=True)
+    return out

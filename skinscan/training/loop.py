@@ -1,0 +1,257 @@
+"""The per-worker training loop (Ray Train TorchTrainer).
+
+Each worker gets the same training rows and draws its shard of one seeded, oversampled epoch
+(`DistributedOversampler`); the loader is prepared with `add_dist_sampler=False` so Ray keeps that sampler.
+Validation is sharded too and gathered, so every worker computes the same metrics. Every epoch rank 0
+writes a checkpoint (model, optimiser, scheduler, history, best-so-far) and all ranks report; after a
+worker failure Ray restarts the group and the loop resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from skinscan.config import TrainConfig
+from skinscan.datasets import ImageDataset
+from skinscan.metrics import classification_summary, dice_iou
+from skinscan.models import create_model
+from skinscan.sampling import DistributedOversampler
+from skinscan.transforms import train_transform
+
+FAIL_ENV = "SKINSCAN_FAIL_AFTER_EPOCH"  # test hook: "<epoch>:<marker file>" fails once after that epoch
+HIGHER_IS_BETTER = {
+    "balanced_accuracy": True,
+    "accuracy": True,
+    "macro_f1": True,
+    "dice": True,
+    "iou": True,
+    "loss": False,
+}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _gather(obj):
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((1, 2, 3))
+    return (1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)).mean()
+
+
+def _failure_hook(epoch: int) -> None:
+    spec = os.environ.get(FAIL_ENV)
+    if not spec:
+        return
+    at, marker = spec.split(":", 1)
+    if int(at) == epoch and not Path(marker).exists():
+        Path(marker).write_text(f"failed after epoch {epoch}\n")
+        raise RuntimeError(f"injected failure after epoch {epoch} (test hook {FAIL_ENV})")
+
+
+def train_loop(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    segment = cfg.task == "segment"
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads_per_worker)
+    seed_everything(cfg.seed * 1000 + rank)
+    device = ray.train.torch.get_device()
+    classes: list[str] = config["classes"]
+    train_rows, val_rows = config["train"], config["val"]
+    load_size = int(round(cfg.model.img_size * 1.15))
+
+    def dataset(rows, transform, size):
+        if segment:
+            return ImageDataset(
+                [r["uri"] for r in rows],
+                None,
+                size,
+                transform,
+                mask_uris=[r["mask_uri"] for r in rows],
+                cache=cfg.cache_images,
+            )
+        labels = [classes.index(r["label"]) for r in rows]
+        return ImageDataset([r["uri"] for r in rows], labels, size, transform, cache=cfg.cache_images)
+
+    train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size)
+    val_ds = dataset(val_rows, None, cfg.model.img_size)
+    train_labels = [r.get("label") or "?" for r in train_rows]
+    sampler = DistributedOversampler(
+        train_labels,
+        world,
+        rank,
+        cfg.seed,
+        oversample=cfg.oversample and not segment,
+        max_samples=cfg.max_train_samples_per_epoch,
+    )
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=0, drop_last=len(sampler) > cfg.batch_size
+    )
+    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
+    val_idx = list(range(rank, len(val_ds), world))
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, val_idx), batch_size=cfg.batch_size * 2)
+    val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
+
+    model = create_model(cfg.model, num_classes=len(classes))
+    model = ray.train.torch.prepare_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    )
+    use_amp = cfg.amp and device.type == "cuda"
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    start_epoch, history, best = 0, [], None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        unwrapped = model.module if hasattr(model, "module") else model
+        unwrapped.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        if rank == 0:
+            print(f"[train] resumed from checkpoint after epoch {state['epoch']}", flush=True)
+
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        seed_everything(cfg.seed * 100_003 + epoch * 1009 + rank)  # augmentations: same after a resume
+        model.train()
+        drawn: Counter = Counter()
+        loss_sum, n_seen = 0.0, 0
+        for x, y in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(x)
+                if segment:
+                    loss = nn.functional.binary_cross_entropy_with_logits(out, y) + _dice_loss(out, y)
+                else:
+                    loss = criterion(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(x)
+            n_seen += len(x)
+            if not segment:
+                drawn.update(y.tolist())
+        train_time = time.time() - t0
+
+        model.eval()
+        preds, truths, vloss = [], [], 0.0
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            for x, y in val_loader:
+                out = model(x).float()
+                if segment:
+                    vloss += (
+                        float(nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum")) / out[0].numel()
+                    )
+                    preds.append((out > 0).cpu().numpy()[:, 0])
+                    truths.append(y.cpu().numpy()[:, 0] > 0.5)
+                else:
+                    vloss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+                    preds.append(out.argmax(1).cpu().numpy())
+                    truths.append(y.cpu().numpy())
+        gathered = _gather((preds, truths, vloss, n_seen, loss_sum, dict(drawn)))
+        all_p = np.concatenate([p for g in gathered for p in g[0]])
+        all_t = np.concatenate([t for g in gathered for t in g[1]])
+        n_val = len(all_t)
+        metrics: dict = {
+            "epoch": epoch,
+            "val_loss": sum(g[2] for g in gathered) / max(1, n_val),
+            "train_loss": sum(g[4] for g in gathered) / max(1, sum(g[3] for g in gathered)),
+            "lr": sched.get_last_lr()[0],
+            "epoch_time_s": time.time() - t0,
+            "train_images_per_s": sum(g[3] for g in gathered) / max(1e-9, train_time),
+        }
+        if segment:
+            metrics["dice"], metrics["iou"] = dice_iou(all_p, all_t)
+        else:
+            metrics.update(classification_summary(all_t, all_p, len(classes)))
+            metrics["drawn_per_worker"] = [{classes[k]: v for k, v in sorted(g[5].items())} for g in gathered]
+        metrics["loss"] = metrics["val_loss"]
+        score = metrics[cfg.metric]
+        better = HIGHER_IS_BETTER[cfg.metric]
+        if best is None or (score > best["score"] if better else score < best["score"]):
+            best = {"epoch": epoch, "score": score, "metric": cfg.metric}
+        metrics["best_epoch"], metrics["best_score"] = best["epoch"], best["score"]
+        history.append({k: v for k, v in metrics.items() if k != "drawn_per_worker"})
+        history[-1]["drawn_per_worker"] = metrics.get("drawn_per_worker")
+        if rank == 0:
+            shown = {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in metrics.items()
+                if k not in ("drawn_per_worker", "loss")
+            }
+            print(f"[train] {shown}", flush=True)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                unwrapped = model.module if hasattr(model, "module") else model
+                torch.save(
+                    {
+                        "model": unwrapped.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "epoch": epoch,
+                        "history": history,
+                        "best": best,
+                    },
+                    Path(tmp) / "state.pt",
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(
+                {k: v for k, v in metrics.items() if k != "drawn_per_worker"}
+                | {"drawn_per_worker": str(metrics.get("drawn_per_worker"))},
+                checkpoint=checkpoint,
+            )
+        _failure_hook(epoch)
+        if cfg.time_budget_min:
+            elapsed = time.time() - t_start
+            per_epoch = elapsed / (epoch - start_epoch + 1)
+            stop = torch.tensor([float(elapsed + per_epoch > cfg.time_budget_min * 60)])
+            if dist.is_initialized():
+                dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+            if stop.item() and epoch + 1 < cfg.epochs:
+                if rank == 0:
+                    print(f"[train] time budget {cfg.time_budget_min} min reached after epoch {epoch}", flush=True)
+                break
