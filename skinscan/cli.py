@@ -151,7 +151,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-SUBCOMMAND_MODULES: list[str] = ["skinscan.commands_train", "skinscan.commands_convert", "skinscan.commands_explain"]
+SUBCOMMAND_MODULES: list[str] = [
+    "skinscan.commands_train",
+    "skinscan.commands_convert",
+    "skinscan.commands_explain",
+    "skinscan.commands_evaluate",
+    "skinscan.commands_screen",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

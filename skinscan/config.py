@@ -110,6 +110,47 @@ class SynthConfig(Section):
         return v
 
 
+# ---------------------------------------------------------------- screening
+class StageConfig(Section):
+    """Resources of one pipeline stage. `actors`: actor pool size (model stages); `batch_size`: images per call."""
+
+    actors: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    threads: int = Field(1, ge=1)  # intra-op threads of the model runtime inside one actor
+
+
+class FlagConfig(Section):
+    """Flag an image when any of `classes` has probability >= `threshold`."""
+
+    classes: list[str] = Field(default_factory=lambda: ["MEL", "BCC", "SCC", "AK"])
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class ScreenConfig(Section):
+    model: str = ""  # classifier bundle
+    segmenter: str | None = None  # U-Net bundle
+    input: str = ""  # folder, zip, tar(.gz), s3://..., or a manifest CSV/Parquet
+    output: str = "runs/screen"
+    backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    explain: Literal["all", "flagged", "none"] = "flagged"
+    explain_method: Literal["fast", "attention", "gradcam"] = "fast"  # fast: forward-only CAM from engine outputs
+    crop_to_lesion: bool = False  # classify the segmenter's lesion bounding box (padded) instead of the whole image
+    flag: FlagConfig = Field(default_factory=FlagConfig)
+    thumbnails: Literal["all", "flagged", "none"] = "flagged"  # JPEG thumbnails in the Parquet (for the report)
+    thumbnail_size: int = Field(128, ge=16, le=512)
+    decode: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=32))
+    segment: StageConfig = Field(default_factory=StageConfig)
+    classify: StageConfig = Field(default_factory=lambda: StageConfig(threads=2))
+    gpu_decode: bool = False  # nvJPEG through torchvision.io when a GPU is present
+    max_pixels: int = Field(100_000_000, ge=1)
+    rows_per_part: int = Field(256, ge=1)  # rows per Parquet part file
+    resume: bool = True  # skip inputs already written to `output`
+    progress: bool = True
+
+
 # ---------------------------------------------------------------- loading
 def _set(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -192,5 +233,5 @@ def save_config(cfg: BaseModel, directory: str | Path, name: str = "config.yaml"
     return path
 
 
-CONFIG_KINDS: dict[str, type[BaseModel]] = {"train": TrainConfig, "synth": SynthConfig}
+CONFIG_KINDS: dict[str, type[BaseModel]] = {"train": TrainConfig, "synth": SynthConfig, "screen": ScreenConfig}
 """configs/<folder>/*.yaml -> the model that validates it."""

@@ -67,7 +67,11 @@ def decode_image(
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
             im = ImageOps.exif_transpose(im)
-            return _to_rgb(im)
+            if (im.size[0] < im.size[1]) != (w < h):  # rotated by EXIF
+                w, h = h, w
+            im = _to_rgb(im)
+            im.info["original_size"] = (w, h)
+            return im
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:

@@ -106,6 +106,10 @@ def list_files(uri: str, include_sidecars: bool = False) -> list[str]:
     Sidecar files (CSV, JSON, YAML, Parquet, text) are left out unless `include_sidecars`.
     """
     uri = normalize(uri)
+    chained = split_chained(uri)
+    if chained:  # a folder inside an archive: zip://images::/data/x.zip
+        prefix = chained[1].strip("/") + "/"
+        return [u for u in list_files(chained[2], include_sidecars) if split_chained(u)[1].startswith(prefix)]
     kind = archive_kind(uri)
     if kind is not None:
         if not exists(uri):

@@ -1,0 +1,48 @@
+"""Ray job: evaluate a classifier bundle on a labelled dataset.
+
+ray job submit --working-dir . -- python jobs/evaluate.py --model BUNDLE --data MANIFEST --split test
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run(cfg: dict) -> dict:
+    from skinscan.evaluation.run import evaluate
+
+    out = cfg.get("output") or str(Path(cfg["model"]) / f"evaluation{'-' + cfg['split'] if cfg.get('split') else ''}")
+    r = evaluate(
+        cfg["model"],
+        cfg["data"],
+        out,
+        cfg.get("split"),
+        cfg.get("allow_overlap", False),
+        cfg.get("backend", "onnxruntime"),
+    )
+    raw, over = r["raw"], r["oversampled"]
+    print(f"leakage check: {r['leakage'].get('overlapping', 'n/a')} overlapping images")
+    print(
+        f"raw        n={raw['n']:6d} acc {raw['accuracy']:.4f} bal-acc {raw['balanced_accuracy']:.4f} "
+        f"macro-F1 {raw['macro_avg']['f1']:.4f}"
+    )
+    print(
+        f"oversampled n={over['n']:5d} acc {over['accuracy']:.4f} bal-acc {over['balanced_accuracy']:.4f} "
+        f"macro-F1 {over['macro_avg']['f1']:.4f}  (repeats images; not a real-world estimate)"
+    )
+    if r.get("isic_official"):
+        print(
+            f"official ISIC scorer balanced accuracy {r['isic_official']['balanced_accuracy']:.6f} "
+            f"(matches: {r['isic_official_matches']})"
+        )
+    print(f"-> {out}/evaluation.md, evaluation.json, isic_predictions.csv, *.png")
+    return r
+
+
+if __name__ == "__main__":
+    from skinscan.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,0 +1,53 @@
+"""`skinscan screen` and `skinscan report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from skinscan.cli import add_config_args
+
+    p = sub.add_parser("screen", help="stream an archive through segmentation, classification, explanation")
+    add_config_args(p)
+    p.add_argument("--model", help="classifier bundle")
+    p.add_argument("--input", help="folder, zip, tar(.gz), s3://..., or a manifest CSV/Parquet")
+    p.add_argument("--output", help="results folder (Parquet parts)")
+    p.add_argument("--segmenter", help="U-Net bundle")
+    p.add_argument("--explain", choices=["all", "flagged", "none"])
+    p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"])
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.set_defaults(func=cmd_screen)
+
+    r = sub.add_parser("report", help="one self-contained HTML page from a screening output folder")
+    r.add_argument("output", help="the screening output folder")
+    r.add_argument("--max-flagged", type=int, default=60, help="flagged lesions shown in the gallery")
+    r.add_argument("-o", "--html", help="report path (default: OUTPUT/report.html)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_screen(a: argparse.Namespace) -> int:
+    from skinscan.config import ScreenConfig, load_config
+    from skinscan.screening.pipeline import print_summary, screen
+
+    over = list(a.set)
+    for key in ("model", "input", "output", "segmenter", "explain", "backend"):
+        if getattr(a, key):
+            over.append(f"{key}={getattr(a, key)}")
+    cfg = load_config(ScreenConfig, a.config, over)
+    try:
+        summary = screen(cfg, ray_address=a.address)
+    except KeyboardInterrupt as err:
+        print(f"skinscan: interrupted: {err}", file=sys.stderr)
+        return 130
+    print_summary(summary)
+    return 0 if summary["complete"] else 1
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from skinscan.screening.report import write_report
+
+    path = write_report(a.output, a.html, a.max_flagged)
+    print(f"report -> {path}  (open it in a browser: file://{path.resolve()})")
+    return 0

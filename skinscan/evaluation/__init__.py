@@ -1,0 +1,1 @@
+"""Evaluation: the study's metrics, the ISIC metric, two passes, leakage guards and plots."""

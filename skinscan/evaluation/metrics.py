@@ -1,0 +1,100 @@
+"""Metrics on predicted probabilities: the classification report, balanced accuracy, AUCs, melanoma
+sensitivity at fixed specificity, expected calibration error. Values follow scikit-learn's definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Per-class precision/recall/F1/support, accuracy, macro and weighted averages (sklearn semantics)."""
+    labels = np.arange(len(classes))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {
+        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, c in enumerate(classes)
+    }
+    present = labels[(s > 0) | np.isin(labels, y_pred)]
+    out = {"per_class": per_class, "accuracy": float((y_true == y_pred).mean())}
+    for avg in ("macro", "weighted"):
+        pa, ra, fa, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg, zero_division=0)
+        out[f"{avg}_avg"] = {"precision": float(pa), "recall": float(ra), "f1": float(fa), "support": int(len(y_true))}
+    return out
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in y_true (= sklearn.metrics.balanced_accuracy_score)."""
+    classes = np.unique(y_true)
+    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in classes]))
+
+
+def isic_balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The ISIC challenge metric as the official scorer computes it from CSV files that carry only the
+    categories present in the truth: prediction = argmax over those categories."""
+    present = np.unique(y_true)
+    pred = present[np.argmax(probs[:, present], axis=1)]
+    return balanced_accuracy(y_true, pred)
+
+
+def one_vs_rest_auc(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for i, c in enumerate(classes):
+        pos = y_true == i
+        out[c] = float(roc_auc_score(pos, probs[:, i])) if 0 < pos.sum() < len(pos) else None
+    return out
+
+
+def sensitivity_at_specificity(y_true_bin: np.ndarray, scores: np.ndarray, specificity: float) -> float | None:
+    """Highest sensitivity reachable with specificity >= the target (a threshold on the ROC curve)."""
+    if y_true_bin.all() or not y_true_bin.any():
+        return None
+    fpr, tpr, _ = roc_curve(y_true_bin, scores)
+    ok = fpr <= 1 - specificity + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, dict]:
+    """ECE on top-1 confidence with equal-width bins; also the reliability-diagram data."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == y_true).astype(float)
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece, bins = 0.0, {"confidence": [], "accuracy": [], "count": []}
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+        bins["confidence"].append(float(conf[m].mean()) if m.any() else None)
+        bins["accuracy"].append(float(correct[m].mean()) if m.any() else None)
+        bins["count"].append(int(m.sum()))
+    return float(ece), bins
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def evaluate_probs(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Every metric of the evaluation report, from true class indices and predicted probabilities."""
+    y_pred = probs.argmax(1)
+    report = classification_report(y_true, y_pred, classes)
+    ece, reliability = expected_calibration_error(y_true, probs)
+    out = {
+        "n": int(len(y_true)),
+        **report,
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
+        "isic_balanced_accuracy": isic_balanced_accuracy(y_true, probs),
+        "auc": one_vs_rest_auc(y_true, probs, classes),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, len(classes)).tolist(),
+        "ece": ece,
+        "reliability": reliability,
+    }
+    if "MEL" in classes:
+        mel = y_true == classes.index("MEL")
+        scores = probs[:, classes.index("MEL")]
+        out["melanoma_sensitivity_at_specificity"] = {
+            "0.80": sensitivity_at_specificity(mel, scores, 0.80),
+            "0.90": sensitivity_at_specificity(mel, scores, 0.90),
+        }
+    return out

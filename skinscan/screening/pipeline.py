@@ -1,0 +1,230 @@
+"""The screening job: list inputs, skip what is done, stream through Ray Data, write Parquet, summarise."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from skinscan.config import ScreenConfig, save_config
+from skinscan.errors import ConfigError, DataError, SkinScanError
+from skinscan.screening.writer import PartWriter, done_uris, read_results, to_table
+
+
+def list_inputs(uri: str) -> pd.DataFrame:
+    """(image_id, uri) for every input: each file of a folder/archive, or each row of a manifest/CSV."""
+    from skinscan.config import DataConfig
+    from skinscan.manifest import build_manifest, read_unlabeled
+
+    if uri.lower().endswith((".csv", ".parquet")):
+        df = build_manifest(DataConfig(source=uri, hash=False))
+    else:
+        df = read_unlabeled(uri, hash_bytes=False)
+    return df[["image_id", "uri"]].reset_index(drop=True)
+
+
+def _check_models(cfg: ScreenConfig) -> None:
+    from skinscan.bundle import read_card
+
+    if not cfg.model:
+        raise ConfigError("config key model: give a classifier bundle (--model)")
+    card = read_card(cfg.model)
+    if card.get("task") != "classify":
+        raise ConfigError(f"model {cfg.model} is a {card.get('task')} bundle, not a classifier")
+    if cfg.explain_method == "attention" and not card["architecture"]["name"].startswith("swin"):
+        raise ConfigError("explain_method attention needs a Swin classifier")
+    if cfg.segmenter and read_card(cfg.segmenter).get("task") != "segment":
+        raise ConfigError(f"segmenter {cfg.segmenter} is not a segmentation bundle")
+    if cfg.crop_to_lesion and not cfg.segmenter:
+        raise ConfigError("crop_to_lesion needs a segmenter")
+
+
+def _prepare_onnx(cfg: ScreenConfig) -> None:
+    """Export ONNX once on the driver, not in every actor."""
+    from skinscan.bundle import read_card
+
+    if cfg.backend != "onnxruntime":
+        return
+    from conversion.onnx_export import export_onnx
+
+    for bundle in filter(None, [cfg.model, cfg.segmenter]):
+        if "onnx" not in read_card(bundle).get("exports", {}):
+            export_onnx(bundle)
+
+
+def summarize(output: str, wall_s: float | None = None, new_rows: int = 0, n_inputs: int | None = None) -> dict:
+    t = read_results(output, ["uri", "status", "error_type", "predicted_class", "flagged"]).to_pandas()
+    dup = int(t["uri"].duplicated().sum())
+    ok = t[t["status"] == "ok"]
+    summary = {
+        "rows": int(len(t)),
+        "inputs": n_inputs,
+        "duplicates": dup,
+        "complete": (n_inputs is None or len(t) - dup == n_inputs) and dup == 0,
+        "ok": int(len(ok)),
+        "errors": int((t["status"] != "ok").sum()),
+        "errors_by_type": {k: int(v) for k, v in t["error_type"].dropna().value_counts().items()},
+        "per_class": {k: int(v) for k, v in ok["predicted_class"].value_counts().items()},
+        "flagged": int(ok["flagged"].sum()),
+    }
+    if wall_s is not None:
+        summary.update(
+            {
+                "this_run_rows": new_rows,
+                "this_run_wall_s": round(wall_s, 1),
+                "images_per_s": round(new_rows / wall_s, 2) if wall_s > 0 else None,
+            }
+        )
+    return summary
+
+
+STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "AZURE_STORAGE_")
+
+
+def storage_env() -> dict[str, str]:
+    """Object-store settings and credentials from the driver's environment, passed on to the workers."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+
+
+def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
+    """The Ray Data pipeline over the inputs still to do (lazy; nothing runs until iterated)."""
+    import numpy as np
+    import ray
+
+    from skinscan.bundle import read_card
+    from skinscan.screening.stages import ClassifyStage, SegmentStage, decode_batch
+
+    cls_size = read_card(cfg.model)["input_size"]
+    seg_size = read_card(cfg.segmenter)["input_size"] if cfg.segmenter else 0
+    work = max(cls_size, seg_size) * (2 if cfg.crop_to_lesion else 1)
+    n_blocks = max(1, math.ceil(len(todo) / cfg.decode.batch_size))
+    bounds = np.linspace(0, len(todo), n_blocks + 1).astype(int)
+    ds = ray.data.from_pandas([todo.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+    env = storage_env()
+    remote = {"runtime_env": {"env_vars": env}} if env else {}
+    ds = ds.map_batches(
+        decode_batch,
+        batch_size=cfg.decode.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.decode.num_cpus,
+        **remote,
+        fn_kwargs={"work_size": work, "thumb_size": cfg.thumbnail_size, "max_pixels": cfg.max_pixels},
+    )
+    if cfg.segmenter:
+        ds = ds.map_batches(
+            SegmentStage,
+            batch_size=cfg.segment.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.segment.actors),
+            num_cpus=cfg.segment.num_cpus,
+            num_gpus=cfg.segment.num_gpus or None,
+            zero_copy_batch=not cfg.crop_to_lesion,
+            **remote,
+            fn_constructor_kwargs={
+                "bundle": cfg.segmenter,
+                "backend": cfg.backend,
+                "device": cfg.device,
+                "threads": cfg.segment.threads,
+                "crop_to_lesion": cfg.crop_to_lesion,
+            },
+        )
+    return ds.map_batches(
+        ClassifyStage,
+        batch_size=cfg.classify.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.classify.actors),
+        num_cpus=cfg.classify.num_cpus,
+        num_gpus=cfg.classify.num_gpus or None,
+        **remote,
+        fn_constructor_kwargs={
+            "bundle": cfg.model,
+            "backend": cfg.backend,
+            "device": cfg.device,
+            "threads": cfg.classify.threads,
+            "explain": cfg.explain,
+            "method": cfg.explain_method,
+            "flag_classes": cfg.flag.classes,
+            "threshold": cfg.flag.threshold,
+            "thumbnails": cfg.thumbnails,
+        },
+    )
+
+
+def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
+    """Run (or resume) a screening job; returns the summary. Interrupting keeps every row received so far."""
+    import ray
+
+    if not cfg.input:
+        raise ConfigError("config key input: give an archive, folder or manifest (--input)")
+    _check_models(cfg)
+    t_list = time.time()
+    inputs = list_inputs(cfg.input)
+    if inputs.empty:
+        raise DataError(f"{cfg.input}: no input files")
+    done = done_uris(cfg.output) if cfg.resume else set()
+    if not cfg.resume and read_results(cfg.output, ["uri"]).num_rows:
+        raise SkinScanError(f"{cfg.output} already holds results; use resume=true or another output")
+    todo = inputs[~inputs["uri"].isin(done)].reset_index(drop=True)
+    print(
+        f"[screen] {len(inputs)} inputs listed in {time.time() - t_list:.1f}s; {len(inputs) - len(todo)} already "
+        f"written, {len(todo)} to do",
+        flush=True,
+    )
+    save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
+    writer = PartWriter(cfg.output, cfg.rows_per_part)
+    t0 = time.time()
+    interrupted = False
+    if len(todo):
+        _prepare_onnx(cfg)
+        if not ray.is_initialized():
+            ray.init(address=ray_address, configure_logging=False, log_to_driver=False)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = cfg.progress
+        ctx.execution_options.preserve_order = False
+        ds = build_dataset(cfg, todo)
+        bar = tqdm(total=len(todo), desc="screen (rows written)", unit="img", disable=not cfg.progress)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                table = to_table(batch)
+                writer.add(table)
+                bar.update(table.num_rows)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            writer.flush()
+            bar.close()
+    wall = time.time() - t0
+    summary = summarize(cfg.output, wall, writer.written, len(inputs))
+    summary.update(
+        {
+            "input": cfg.input,
+            "output": cfg.output,
+            "backend": cfg.backend,
+            "explain": cfg.explain,
+            "interrupted": interrupted,
+        }
+    )
+    if "://" not in cfg.output:
+        (Path(cfg.output) / "summary.json").write_text(json.dumps(summary, indent=2))
+    if interrupted:
+        raise KeyboardInterrupt(f"{writer.written} rows written this run; rerun the same command to resume")
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    print(
+        f"[screen] {s['rows']} rows for {s['inputs']} inputs (complete: {s['complete']}, duplicates "
+        f"{s['duplicates']}); ok {s['ok']}, errors {s['errors']} {s['errors_by_type'] or ''}"
+    )
+    print(f"[screen] per class {s['per_class']}; flagged {s['flagged']}")
+    if s.get("images_per_s") is not None:
+        print(
+            f"[screen] this run: {s['this_run_rows']} images in {s['this_run_wall_s']} s "
+            f"({s['images_per_s']} img/s) -> {s['output']}"
+        )

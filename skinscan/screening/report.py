@@ -1,0 +1,167 @@
+"""`skinscan report`: one self-contained HTML page (no external files, no scripts) from a screening output.
+
+Sections: run summary, class distribution (inline SVG), gallery of flagged lesions (thumbnail, mask outline,
+heatmap overlay, probabilities), error list. Images are embedded as data URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skinscan.screening.writer import read_results
+from skinscan.taxonomy import CLASS_DESCRIPTIONS, ISIC2019_CLASSES, MALIGNANT
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#f7f8fa}
+h1{margin:0 0 4px}h2{margin-top:32px;border-bottom:1px solid #dde;padding-bottom:4px}
+.muted{color:#667}.cards{display:flex;gap:12px;flex-wrap:wrap}
+.card{background:#fff;border:1px solid #dde;border-radius:8px;padding:12px 16px;min-width:120px}
+.card b{font-size:24px;display:block}.flag b{color:#b3261e}
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #dde;padding:4px 8px;font-size:13px;text-align:left}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:14px}
+.item{background:#fff;border:1px solid #dde;border-radius:8px;padding:10px}
+.item img{width:128px;height:128px;image-rendering:auto;border-radius:4px}
+.bar{height:8px;background:#e9ecf2;border-radius:4px;margin:2px 0 4px}.bar i{display:block;height:8px;border-radius:4px}
+.p{font-size:12px;display:flex;justify-content:space-between}.id{font-size:12px;word-break:break-all}
+"""
+
+
+def _data_uri(img: np.ndarray | bytes, fmt: str = "JPEG") -> str:
+    if isinstance(img, bytes):
+        data = img
+    else:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, fmt, quality=88)
+        data = buf.getvalue()
+    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _bar_chart(counts: dict[str, int], width: int = 560) -> str:
+    if not counts:
+        return "<p class=muted>no classified images</p>"
+    top = max(counts.values())
+    rows = []
+    for i, (c, n) in enumerate(sorted(counts.items(), key=lambda kv: -kv[1])):
+        w = int((width - 240) * n / top)
+        color = "#b3261e" if c in MALIGNANT else "#3b6fb6"
+        rows.append(
+            f'<text x="0" y="{i * 26 + 17}" font-size="13">{html.escape(c)} '
+            f'<tspan fill="#667">{html.escape(CLASS_DESCRIPTIONS.get(c, ""))}</tspan></text>'
+            f'<rect x="180" y="{i * 26 + 4}" width="{max(w, 1)}" height="18" rx="3" fill="{color}"/>'
+            f'<text x="{186 + w}" y="{i * 26 + 17}" font-size="12">{n}</text>'
+        )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{len(counts) * 26 + 6}" '
+        f'role="img" aria-label="class distribution">{"".join(rows)}</svg>'
+    )
+
+
+def _gallery_item(row: dict) -> str:
+    from skinscan.explain.encode import decode_map
+    from skinscan.explain.overlay import overlay
+
+    thumb = np.asarray(Image.open(io.BytesIO(row["thumbnail_jpeg"])).convert("RGB"))
+    size = thumb.shape[1], thumb.shape[0]
+    mask = decode_map(row["mask_png"], size) > 0.5 if row.get("mask_png") else None
+    outlined = overlay(thumb, None, mask) if mask is not None else thumb
+    heat = overlay(thumb, decode_map(row["heatmap_png"]), mask) if row.get("heatmap_png") else None
+    probs = sorted(
+        (
+            (c, row[f"prob_{c}"])
+            for c in ISIC2019_CLASSES
+            if row.get(f"prob_{c}") is not None and not np.isnan(row[f"prob_{c}"])
+        ),
+        key=lambda kv: -kv[1],
+    )[:4]
+    bars = "".join(
+        f'<div class=p><span>{c}</span><span>{p:.2f}</span></div><div class=bar><i style="width:{p * 100:.0f}%;'
+        f'background:{"#b3261e" if c in MALIGNANT else "#3b6fb6"}"></i></div>'
+        for c, p in probs
+    )
+    area = (
+        ""
+        if row.get("lesion_area") is None or np.isnan(row["lesion_area"])
+        else f" · lesion {row['lesion_area'] * 100:.0f}% of image"
+    )
+    heat_img = (
+        f'<img src="{_data_uri(heat)}" alt="heatmap ({html.escape(str(row["heatmap_method"]))}) '
+        f'for {html.escape(str(row["heatmap_class"]))}">'
+        if heat is not None
+        else ""
+    )
+    return (
+        f"<div class=item><div class=id>{html.escape(row['image_id'])}{area}</div>"
+        f'<img src="{_data_uri(outlined)}" alt="image with lesion outline">{heat_img}{bars}'
+        f'<div class="muted id">{html.escape(row["uri"])}</div></div>'
+    )
+
+
+def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path:
+    from skinscan.screening.pipeline import summarize
+
+    t = read_results(output).to_pandas()
+    s = summarize(output, n_inputs=None)
+    path = Path(path) if path else Path(output) / "report.html"
+    ok = t[t["status"] == "ok"]
+    flagged = ok[ok["flagged"]].copy()
+    mal_cols = [f"prob_{c}" for c in MALIGNANT if f"prob_{c}" in flagged]
+    flagged["_risk"] = flagged[mal_cols].max(axis=1) if mal_cols else 0
+    flagged = flagged.sort_values("_risk", ascending=False)
+    shown = flagged[flagged["thumbnail_jpeg"].notna()].head(max_flagged)
+    items = "".join(_gallery_item(r) for r in shown.to_dict("records"))
+    errors = t[t["status"] != "ok"]
+    err_rows = "".join(
+        f"<tr><td class=id>{html.escape(str(r.uri))}</td><td>{html.escape(str(r.error_type))}</td>"
+        f"<td>{html.escape(str(r.error_message))}</td></tr>"
+        for r in errors.itertuples()
+    )
+    models = ", ".join(sorted(set(ok["model_id"].dropna()) | set(ok["segmenter_id"].dropna()))) or "-"
+    timing = {
+        k: float(ok[k].mean())
+        for k in ("t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms")
+        if k in ok and ok[k].notna().any()
+    }
+    rule = ok["flag_rule"].dropna().iloc[0] if len(ok) and ok["flag_rule"].notna().any() else "-"
+    summary_path = Path(output) / "summary.json"
+    run = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    speed = f"{run['images_per_s']} images/s in the last run" if run.get("images_per_s") else ""
+    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8>
+<meta name=viewport content="width=device-width,initial-scale=1"><title>SkinScan screening report</title>
+<style>{CSS}</style></head><body>
+<h1>SkinScan screening report</h1>
+<div class=muted>{html.escape(str(output))} · models {html.escape(models)} · {html.escape(speed)}</div>
+<h2>Summary</h2>
+<div class=cards>
+<div class=card><b id=n-rows>{s["rows"]}</b>images</div>
+<div class=card><b>{s["ok"]}</b>classified</div>
+<div class="card flag"><b id=n-flagged>{s["flagged"]}</b>flagged ({html.escape(rule)})</div>
+<div class=card><b id=n-errors>{s["errors"]}</b>errors</div>
+</div>
+<p class=muted>Mean time per image: {", ".join(f"{k[2:-3]} {v:.1f} ms" for k, v in timing.items()) or "-"}.
+Screening output, not a diagnosis: flagged lesions need review by a clinician.</p>
+<h2>Class distribution (predicted)</h2>
+{_bar_chart(s["per_class"])}
+<h2>Flagged lesions ({len(flagged)}, highest risk first{
+        f", first {len(shown)} shown" if len(shown) < len(flagged) else ""
+    })</h2>
+<p class=muted>Left: image with the segmented lesion outline (green). Right: explanation heatmap for the
+predicted class (red = strongest evidence). Bars: top class probabilities.</p>
+<div class=gallery id=gallery>{items or "<p class=muted>nothing flagged</p>"}</div>
+<h2>Errors ({len(errors)})</h2>
+{
+        "<table id=errors><tr><th>input</th><th>type</th><th>message</th></tr>" + err_rows + "</table>"
+        if len(errors)
+        else "<p class=muted>none</p>"
+    }
+</body></html>"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path

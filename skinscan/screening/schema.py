@@ -1,0 +1,81 @@
+"""The screening output schema (Parquet), versioned. One row per input file, whatever happened to it.
+
+| column | type | meaning |
+|---|---|---|
+| schema_version | int32 | `SCHEMA_VERSION` |
+| image_id, uri | string | file stem (made unique) and the readable URI of the input |
+| sha256 | string | of the input's bytes (null if unreadable) |
+| status | string | `ok` or `error` |
+| error_type, error_message | string | for errors: empty, truncated, not_image, too_large, unsupported, missing, read_error, internal |
+| width, height | int32 | original image size |
+| predicted_class | string | ISIC 2019 class with the highest probability |
+| confidence | float32 | its probability |
+| prob_MEL ... prob_SCC | float32 | per-class probabilities (null for classes the model lacks) |
+| flagged | bool | the flag rule fired (see `flag_rule`) |
+| flag_rule | string | e.g. `any(MEL,BCC,SCC,AK) >= 0.5` |
+| lesion_area | float32 | segmented lesion share of the image (null without a segmenter) |
+| bbox_x0, bbox_y0, bbox_x1, bbox_y1 | float32 | lesion bounding box, fractions of width/height |
+| mask_png | binary | lesion mask, 8-bit PNG at the segmenter's resolution (`mask_size`) |
+| mask_size | int32 | side of the mask in pixels |
+| heatmap_png | binary | explanation map, 8-bit PNG at feature resolution (`heatmap_h` x `heatmap_w`), values in [0, 1] |
+| heatmap_method, heatmap_layer, heatmap_class | string | e.g. `cam-fast`, `norm`, `MEL` |
+| heatmap_h, heatmap_w | int32 | map size |
+| thumbnail_jpeg | binary | small JPEG for reports (per the `thumbnails` policy) |
+| model_id, segmenter_id | string | `<architecture>@<weights sha256[:12]>` |
+| model_version | string | bundle creation time and SkinScan version |
+| backend | string | onnxruntime, torch or tensorrt |
+| t_decode_ms, t_segment_ms, t_classify_ms, t_explain_ms | float32 | per-image share of its batch's time |
+| screened_at | timestamp[ms, UTC] | when the row was produced |
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from skinscan.taxonomy import ISIC2019_CLASSES
+
+SCHEMA_VERSION = 1
+PROB_COLUMNS = [f"prob_{c}" for c in ISIC2019_CLASSES]
+
+SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int32()),
+        ("image_id", pa.string()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("predicted_class", pa.string()),
+        ("confidence", pa.float32()),
+        *[(c, pa.float32()) for c in PROB_COLUMNS],
+        ("flagged", pa.bool_()),
+        ("flag_rule", pa.string()),
+        ("lesion_area", pa.float32()),
+        ("bbox_x0", pa.float32()),
+        ("bbox_y0", pa.float32()),
+        ("bbox_x1", pa.float32()),
+        ("bbox_y1", pa.float32()),
+        ("mask_png", pa.binary()),
+        ("mask_size", pa.int32()),
+        ("heatmap_png", pa.binary()),
+        ("heatmap_method", pa.string()),
+        ("heatmap_layer", pa.string()),
+        ("heatmap_class", pa.string()),
+        ("heatmap_h", pa.int32()),
+        ("heatmap_w", pa.int32()),
+        ("thumbnail_jpeg", pa.binary()),
+        ("model_id", pa.string()),
+        ("segmenter_id", pa.string()),
+        ("model_version", pa.string()),
+        ("backend", pa.string()),
+        ("t_decode_ms", pa.float32()),
+        ("t_segment_ms", pa.float32()),
+        ("t_classify_ms", pa.float32()),
+        ("t_explain_ms", pa.float32()),
+        ("screened_at", pa.timestamp("ms", tz="UTC")),
+    ],
+    metadata={"skinscan_schema_version": str(SCHEMA_VERSION)},
+)

@@ -1,0 +1,284 @@
+"""Pipeline stages. Pure CPU transforms are functions (testable without Ray); model stages are callable
+classes that load their model once per actor (`__init__`) and process a batch per call (`__call__`).
+
+Batches are dicts of numpy arrays (Ray Data's "numpy" format). Rows whose `status` is `error` pass through
+every model stage untouched, so each input yields exactly one output row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+
+import numpy as np
+from PIL import Image
+
+from skinscan.errors import ImageDecodeError
+from skinscan.imageio import decode_image, resize_square
+from skinscan.screening.schema import PROB_COLUMNS, SCHEMA_VERSION
+from skinscan.taxonomy import ISIC2019_CLASSES
+
+
+def _obj(values) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = list(values)
+    return arr
+
+
+def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int) -> dict:
+    """Read bytes, hash, decode (JPEG draft mode to `work_size`), resize; failures become error rows."""
+    from skinscan.storage import read_bytes
+
+    uris = list(batch["uri"])
+    n = len(uris)
+    t0 = time.perf_counter()
+    work = np.zeros((n, work_size, work_size, 3), np.uint8)
+    thumb = np.zeros((n, thumb_size, thumb_size, 3), np.uint8)
+    sha, status, etype, emsg = [None] * n, ["ok"] * n, [None] * n, [None] * n
+    width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    for i, uri in enumerate(uris):
+        try:
+            data = read_bytes(uri)
+            sha[i] = hashlib.sha256(data).hexdigest()
+            im = decode_image(data, uri, max_pixels=max_pixels, draft_size=work_size)
+            width[i], height[i] = im.info.get("original_size", im.size)
+            work[i] = resize_square(im, work_size)
+            thumb[i] = resize_square(im, thumb_size)
+        except ImageDecodeError as err:
+            status[i], etype[i], emsg[i] = "error", err.kind, str(err)
+        except FileNotFoundError:
+            status[i], etype[i], emsg[i] = "error", "missing", f"{uri}: file not found"
+        except Exception as err:  # noqa: BLE001 - any read failure is recorded in the row, never fatal
+            status[i], etype[i], emsg[i] = "error", "read_error", f"{uri}: {type(err).__name__}: {err}"
+    dt = (time.perf_counter() - t0) * 1000 / max(1, n)
+    return {
+        "image_id": _obj(batch["image_id"]),
+        "uri": _obj(uris),
+        "sha256": _obj(sha),
+        "status": _obj(status),
+        "error_type": _obj(etype),
+        "error_message": _obj(emsg),
+        "width": width,
+        "height": height,
+        "work": work,
+        "thumb": thumb,
+        "t_decode_ms": np.full(n, dt, np.float32),
+    }
+
+
+def mask_stats(mask: np.ndarray) -> tuple[float, tuple[float, float, float, float] | None]:
+    """Lesion area share and bounding box (x0, y0, x1, y1 as fractions) of a boolean mask."""
+    area = float(mask.mean())
+    if not mask.any():
+        return area, None
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return area, (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+
+
+def crop_to_box(img: np.ndarray, box, pad: float = 0.15) -> np.ndarray:
+    """Crop an HWC image to a fractional box grown by `pad` on each side, resized back to the same size."""
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    x0, x1 = max(0.0, x0 - pad * bw), min(1.0, x1 + pad * bw)
+    y0, y1 = max(0.0, y0 - pad * bh), min(1.0, y1 + pad * bh)
+    crop = img[
+        int(y0 * h) : max(int(y0 * h) + 1, int(np.ceil(y1 * h))),
+        int(x0 * w) : max(int(x0 * w) + 1, int(np.ceil(x1 * w))),
+    ]
+    return resize_square(Image.fromarray(crop), h)
+
+
+def _resize_batch(arr: np.ndarray, size: int) -> np.ndarray:
+    if arr.shape[1] == size:
+        return arr
+    return np.stack([resize_square(Image.fromarray(a), size) for a in arr])
+
+
+def _model_id(card: dict) -> str:
+    return f"{card['architecture']['name']}@{card['weights_sha256'][:12]}"
+
+
+class SegmentStage:
+    """U-Net: lesion mask, area and bounding box; optionally crops `work` to the lesion for the classifier."""
+
+    def __init__(
+        self,
+        bundle: str,
+        backend: str = "onnxruntime",
+        device: str = "auto",
+        threads: int = 1,
+        crop_to_lesion: bool = False,
+    ):
+        from skinscan.runtime import create_predictor
+
+        self.predictor = create_predictor(bundle, backend, with_features=False, device=device, threads=threads)
+        self.size = self.predictor.card["input_size"]
+        self.crop = crop_to_lesion
+        self.id = _model_id(self.predictor.card)
+
+    def __call__(self, batch: dict) -> dict:
+        from skinscan.explain.encode import encode_map
+        from skinscan.transforms import normalize_batch
+
+        t0 = time.perf_counter()
+        n = len(batch["uri"])
+        ok = np.flatnonzero(batch["status"] == "ok")
+        area = np.full(n, np.nan, np.float32)
+        boxes = np.full((n, 4), np.nan, np.float32)
+        masks = [None] * n
+        if len(ok):
+            x = normalize_batch(_resize_batch(batch["work"][ok], self.size))
+            pred = self.predictor.predict(x).outputs[0][:, 0] > 0
+            for j, i in enumerate(ok):
+                a, box = mask_stats(pred[j])
+                area[i] = a
+                masks[i] = encode_map(pred[j])
+                if box is not None:
+                    boxes[i] = box
+                    if self.crop:
+                        batch["work"][i] = crop_to_box(batch["work"][i], box)
+        batch.update(
+            {
+                "lesion_area": area,
+                "bbox_x0": boxes[:, 0],
+                "bbox_y0": boxes[:, 1],
+                "bbox_x1": boxes[:, 2],
+                "bbox_y1": boxes[:, 3],
+                "mask_png": _obj(masks),
+                "mask_size": np.full(n, self.size, np.int32),
+                "segmenter_id": _obj([self.id] * n),
+                "t_segment_ms": np.full(n, (time.perf_counter() - t0) * 1000 / max(1, n), np.float32),
+            }
+        )
+        return batch
+
+
+class ClassifyStage:
+    """Classifier (any runtime backend) + flag rule + explanations + thumbnails; emits final rows."""
+
+    def __init__(
+        self,
+        bundle: str,
+        backend: str = "onnxruntime",
+        device: str = "auto",
+        threads: int = 2,
+        explain: str = "flagged",
+        method: str = "fast",
+        flag_classes=("MEL", "BCC", "SCC", "AK"),
+        threshold: float = 0.5,
+        thumbnails: str = "flagged",
+    ):
+        import torch
+
+        from skinscan import __version__
+        from skinscan.bundle import load_bundle
+        from skinscan.runtime import create_predictor
+
+        torch.set_num_threads(threads)
+        self.explain, self.method, self.thumbnails = explain, method, thumbnails
+        fast = explain != "none" and method == "fast"
+        self.predictor = create_predictor(bundle, backend, with_features=fast, device=device, threads=threads)
+        self.card = self.predictor.card
+        self.classes = self.card["class_names"]
+        self.size = self.card["input_size"]
+        self.model = None
+        if explain != "none":
+            self.model, _ = load_bundle(bundle)  # head weights (fast path) or the torch model (attention, Grad-CAM)
+            from skinscan.models import head_weights
+
+            self.head_w = head_weights(self.model)[0].numpy() if fast else None
+        self.flag_idx = [self.classes.index(c) for c in flag_classes if c in self.classes]
+        self.threshold = threshold
+        self.rule = f"any({','.join(flag_classes)}) >= {threshold}"
+        self.backend = backend
+        self.id = _model_id(self.card)
+        self.version = f"{self.card.get('created', '?')} skinscan {__version__}"
+        self.layer = "features (last stage)"
+
+    def _explain(self, x: np.ndarray, feats: np.ndarray | None, cls: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        from skinscan.explain.attention import attention_maps
+        from skinscan.explain.cam import cam_from_features, gradcam
+
+        if self.method == "fast":
+            return list(cam_from_features(feats, self.head_w, cls))
+        xt = torch.from_numpy(x)
+        if self.method == "attention":
+            return list(attention_maps(self.model, xt))
+        maps = gradcam(self.model, xt, cls.tolist())
+        return [np.asarray(Image.fromarray(m).resize((8, 8), Image.BILINEAR)) for m in maps]
+
+    def __call__(self, batch: dict) -> dict:
+        from skinscan.explain.encode import encode_map
+        from skinscan.transforms import normalize_batch
+
+        n = len(batch["uri"])
+        ok = np.flatnonzero(batch["status"] == "ok")
+        t0 = time.perf_counter()
+        probs_all = np.full((n, len(ISIC2019_CLASSES)), np.nan, np.float32)
+        pred_cls, conf = [None] * n, np.full(n, np.nan, np.float32)
+        flagged = np.zeros(n, bool)
+        heat, hm_cls = [None] * n, [None] * n
+        hh, hw = np.zeros(n, np.int32), np.zeros(n, np.int32)
+        thumbs = [None] * n
+        t_explain = 0.0
+        if len(ok):
+            x = normalize_batch(_resize_batch(batch["work"][ok], self.size))
+            out = self.predictor.predict(x)
+            logits = out.logits
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            probs = e / e.sum(1, keepdims=True)
+            top = probs.argmax(1)
+            for k, c in enumerate(self.classes):
+                if c in ISIC2019_CLASSES:
+                    probs_all[ok, ISIC2019_CLASSES.index(c)] = probs[:, k]
+            is_flag = (probs[:, self.flag_idx] >= self.threshold).any(1) if self.flag_idx else np.zeros(len(ok), bool)
+            flagged[ok] = is_flag
+            for j, i in enumerate(ok):
+                pred_cls[i], conf[i] = self.classes[top[j]], probs[j, top[j]]
+            te = time.perf_counter()
+            want = np.ones(len(ok), bool) if self.explain == "all" else is_flag if self.explain == "flagged" else None
+            if want is not None and want.any():
+                sel = np.flatnonzero(want)
+                maps = self._explain(x[sel], None if out.features is None else out.features[sel], top[sel])
+                for j, m in zip(sel, maps):
+                    i = ok[j]
+                    heat[i], hm_cls[i] = encode_map(m), self.classes[top[j]]
+                    hh[i], hw[i] = m.shape
+            t_explain = (time.perf_counter() - te) * 1000 / max(1, n)
+            if self.thumbnails != "none":
+                for j, i in enumerate(ok):
+                    if self.thumbnails == "all" or is_flag[j]:
+                        buf = io.BytesIO()
+                        Image.fromarray(batch["thumb"][i]).save(buf, "JPEG", quality=85)
+                        thumbs[i] = buf.getvalue()
+        t_cls = (time.perf_counter() - t0) * 1000 / max(1, n) - t_explain
+        method = {"fast": "cam-fast", "attention": "swin-attention", "gradcam": "grad-cam"}[self.method]
+        out_batch = {k: v for k, v in batch.items() if k not in ("work", "thumb")}
+        out_batch.update(
+            {
+                "schema_version": np.full(n, SCHEMA_VERSION, np.int32),
+                "predicted_class": _obj(pred_cls),
+                "confidence": conf,
+                **{col: probs_all[:, k] for k, col in enumerate(PROB_COLUMNS)},
+                "flagged": flagged,
+                "flag_rule": _obj([self.rule] * n),
+                "heatmap_png": _obj(heat),
+                "heatmap_method": _obj([method if h is not None else None for h in heat]),
+                "heatmap_layer": _obj([self.layer if h is not None else None for h in heat]),
+                "heatmap_class": _obj(hm_cls),
+                "heatmap_h": hh,
+                "heatmap_w": hw,
+                "thumbnail_jpeg": _obj(thumbs),
+                "model_id": _obj([self.id] * n),
+                "model_version": _obj([self.version] * n),
+                "backend": _obj([self.backend] * n),
+                "t_classify_ms": np.full(n, max(0.0, t_cls), np.float32),
+                "t_explain_ms": np.full(n, t_explain, np.float32),
+            }
+        )
+        return out_batch

@@ -1,0 +1,126 @@
+"""Metrics on fixed predictions equal scikit-learn's and the official ISIC scorer's; the leakage guard fires."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from skinscan.evaluation.isic import official_score, write_isic_files
+from skinscan.evaluation.metrics import evaluate_probs, expected_calibration_error, sensitivity_at_specificity
+
+CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+
+
+def _fixed(n=400, k=8, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(k, size=n, p=[0.12, 0.6, 0.06, 0.03, 0.11, 0.02, 0.02, 0.04])
+    logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[y] * rng.random((n, 1))
+    p = np.exp(logits)
+    return y, p / p.sum(1, keepdims=True)
+
+
+def test_metrics_equal_sklearn():
+    y, p = _fixed()
+    pred = p.argmax(1)
+    m = evaluate_probs(y, p, CLASSES)
+    assert m["accuracy"] == pytest.approx((pred == y).mean(), abs=1e-12)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred), abs=1e-12)
+    assert m["macro_avg"]["f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    assert m["weighted_avg"]["f1"] == pytest.approx(f1_score(y, pred, average="weighted"), abs=1e-12)
+    per = precision_score(y, pred, average=None, labels=range(8), zero_division=0)
+    rec = recall_score(y, pred, average=None, labels=range(8), zero_division=0)
+    for i, c in enumerate(CLASSES):
+        assert m["per_class"][c]["precision"] == pytest.approx(per[i], abs=1e-12)
+        assert m["per_class"][c]["recall"] == pytest.approx(rec[i], abs=1e-12)
+        assert m["per_class"][c]["support"] == int((y == i).sum())
+        assert m["auc"][c] == pytest.approx(roc_auc_score(y == i, p[:, i]), abs=1e-12)
+    assert np.array(m["confusion_matrix"]).sum() == len(y)
+
+
+def test_isic_balanced_accuracy_equals_official_scorer(tmp_path):
+    pytest.importorskip("isic_challenge_scoring", reason="official scorer not installed (pip install '.[scoring]')")
+    y, p = _fixed(seed=3)
+    ids = [f"ISIC_{i:07d}" for i in range(len(y))]
+    files = write_isic_files(ids, y, p, CLASSES, tmp_path)
+    official = official_score(files["truth_scored"], files["predictions_scored"])
+    ours = evaluate_probs(y, p, CLASSES)
+    assert abs(official["balanced_accuracy"] - ours["isic_balanced_accuracy"]) <= 1e-9
+    assert abs(official["balanced_accuracy"] - ours["balanced_accuracy"]) <= 1e-9  # all classes present here
+    full = pd.read_csv(files["predictions"])
+    assert list(full.columns) == ["image", *CLASSES, "UNK"] and (full["UNK"] == 0).all()
+
+
+def test_isic_metric_when_a_class_is_absent_from_truth(tmp_path):
+    pytest.importorskip("isic_challenge_scoring", reason="official scorer not installed")
+    y, p = _fixed(seed=4)
+    keep = y != CLASSES.index("DF")  # DF absent from the truth, still predicted sometimes
+    y, p = y[keep], p[keep]
+    files = write_isic_files([f"I{i}" for i in range(len(y))], y, p, CLASSES, tmp_path)
+    assert "DF" not in pd.read_csv(files["truth_scored"]).columns
+    official = official_score(files["truth_scored"], files["predictions_scored"])
+    assert abs(official["balanced_accuracy"] - evaluate_probs(y, p, CLASSES)["isic_balanced_accuracy"]) <= 1e-9
+
+
+def test_sensitivity_at_specificity_and_ece():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.3, 0.7, 0.1, 0.2, 0.6, 0.05, 0.15, 0.25])
+    assert sensitivity_at_specificity(y.astype(bool), s, 0.8) == 1.0  # one false positive of 6 allowed
+    assert sensitivity_at_specificity(y.astype(bool), s, 0.9) == 0.75
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    ece, _ = expected_calibration_error(np.array([0, 1, 0, 0]), probs)
+    assert ece == pytest.approx(0.5 * abs(0.5 - 0.9) + 0.5 * abs(1.0 - 0.6))
+
+
+def test_overlap_guard_fires_on_isic2019_containing_ham10000(tmp_path, tiny_bundles):
+    """Bundle trained on an 'ISIC 2019' manifest that contains the 'HAM10000' images being evaluated."""
+    import shutil
+
+    from skinscan.errors import LeakageError
+    from skinscan.evaluation.run import evaluate
+    from skinscan.synth import render
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundles["swin"], bundle)
+    from PIL import Image
+
+    imgs = tmp_path / "ham" / "images"
+    imgs.mkdir(parents=True)
+    rows = []
+    for i, label in enumerate(["MEL", "NV", "BCC", "BKL"] * 3):
+        Image.fromarray(render(label, 64, np.random.default_rng(i))[0]).save(imgs / f"ISIC_{i:07d}.jpg")
+        rows.append({"lesion_id": f"HAM_{i:07d}", "image_id": f"ISIC_{i:07d}", "dx": label.lower()})
+    pd.DataFrame(rows).to_csv(tmp_path / "ham" / "HAM10000_metadata.csv", index=False)
+    from skinscan.config import DataConfig
+    from skinscan.manifest import build_manifest
+
+    ham = build_manifest(DataConfig(source=str(tmp_path / "ham" / "HAM10000_metadata.csv")))
+    isic_train = pd.concat(
+        [
+            ham.assign(source="isic2019", lesion_id=None),
+            ham.assign(
+                image_id="ISIC_99" + ham["image_id"].str[-5:], sha256="x" + ham["sha256"].str[1:], lesion_id=None
+            ),
+        ]
+    )
+    isic_train.assign(split="train").to_parquet(bundle / "train_manifest.parquet")
+    with pytest.raises(LeakageError, match="12 of 12 evaluation images overlap"):
+        evaluate(bundle, str(tmp_path / "ham" / "HAM10000_metadata.csv"), tmp_path / "ev", progress=False)
+    r = evaluate(
+        bundle,
+        str(tmp_path / "ham" / "HAM10000_metadata.csv"),
+        tmp_path / "ev",
+        allow_overlap=True,
+        progress=False,
+        backend="torch",
+    )
+    assert r["leakage"]["overlapping"] == 12 and r["leakage"]["by_sha256"] == 12
+    for f in (
+        "evaluation.json",
+        "evaluation.md",
+        "confusion_raw.png",
+        "roc.png",
+        "reliability.png",
+        "isic_predictions.csv",
+    ):
+        assert (tmp_path / "ev" / f).stat().st_size > 0
+    assert "does not estimate real-world performance" in (tmp_path / "ev" / "evaluation.md").read_text()
