@@ -181,7 +181,7 @@ def test_killed_run_resumes_to_exactly_one_row_each(screen_bundles, synth_zip, r
     assert 0 < partial < 120, f"kill did not land mid-run ({partial} rows)"
     resumed = screen(cfg)  # the same command again
     assert resumed["this_run_rows"] == 120 - partial
-    straight = screen(_cfg(model, None, inp, tmp_path / "straight"))
+    screen(_cfg(model, None, inp, tmp_path / "straight"))
     a = read_results(str(tmp_path / "killed")).to_pandas().set_index("uri").sort_index()
     b = read_results(str(tmp_path / "straight")).to_pandas().set_index("uri").sort_index()
     assert a.index.is_unique and list(a.index) == list(b.index)

@@ -205,6 +205,7 @@ def render_markdown(r: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     auc = ", ".join(f"{c} {fmt(v)}" for c, v in raw["auc"].items())
     official = r.get("isic_official")
+    official_line = f"balanced accuracy {official['balanced_accuracy']:.6f}" if official else "not installed"
     return f"""# Evaluation of `{r["model"]}`
 
 Data: `{r["data"]}` split `{r["split"]}`, {r["n_images"]} images, backend {r["backend"]}.
@@ -221,7 +222,7 @@ Leakage check against the training manifest: {leak_line}.
 
 Majority-class baseline (raw): accuracy {r["majority_baseline"]["accuracy"]:.4f}, balanced accuracy
 {r["majority_baseline"]["balanced_accuracy"]:.4f}.
-Official ISIC scorer: {("balanced accuracy %.6f" % official["balanced_accuracy"]) if official else "not installed"}.
+Official ISIC scorer: {official_line}.
 Melanoma sensitivity at 80% / 90% specificity: {fmt(mel.get("0.80"))} / {fmt(mel.get("0.90"))}.
 AUC (one vs rest): {auc}.
 

@@ -19,7 +19,8 @@ from skinscan.screening.writer import read_results
 from skinscan.taxonomy import CLASS_DESCRIPTIONS, ISIC2019_CLASSES, MALIGNANT
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#f7f8fa}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;
+background:#f7f8fa}
 h1{margin:0 0 4px}h2{margin-top:32px;border-bottom:1px solid #dde;padding-bottom:4px}
 .muted{color:#667}.cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{background:#fff;border:1px solid #dde;border-radius:8px;padding:12px 16px;min-width:120px}

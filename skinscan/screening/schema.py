@@ -6,7 +6,8 @@
 | image_id, uri | string | file stem (made unique) and the readable URI of the input |
 | sha256 | string | of the input's bytes (null if unreadable) |
 | status | string | `ok` or `error` |
-| error_type, error_message | string | for errors: empty, truncated, not_image, too_large, unsupported, missing, read_error, internal |
+| error_type, error_message | string | for errors: empty, truncated, not_image, too_large, unsupported, |
+| | | missing, read_error |
 | width, height | int32 | original image size |
 | predicted_class | string | ISIC 2019 class with the highest probability |
 | confidence | float32 | its probability |
@@ -17,7 +18,7 @@
 | bbox_x0, bbox_y0, bbox_x1, bbox_y1 | float32 | lesion bounding box, fractions of width/height |
 | mask_png | binary | lesion mask, 8-bit PNG at the segmenter's resolution (`mask_size`) |
 | mask_size | int32 | side of the mask in pixels |
-| heatmap_png | binary | explanation map, 8-bit PNG at feature resolution (`heatmap_h` x `heatmap_w`), values in [0, 1] |
+| heatmap_png | binary | explanation map, 8-bit PNG at feature resolution (`heatmap_h` x `heatmap_w`) |
 | heatmap_method, heatmap_layer, heatmap_class | string | e.g. `cam-fast`, `norm`, `MEL` |
 | heatmap_h, heatmap_w | int32 | map size |
 | thumbnail_jpeg | binary | small JPEG for reports (per the `thumbnails` policy) |
