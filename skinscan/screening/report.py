@@ -25,7 +25,8 @@ h1{margin:0 0 4px}h2{margin-top:32px;border-bottom:1px solid #dde;padding-bottom
 .muted{color:#667}.cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{background:#fff;border:1px solid #dde;border-radius:8px;padding:12px 16px;min-width:120px}
 .card b{font-size:24px;display:block}.flag b{color:#b3261e}
-table{border-collapse:collapse;background:#fff}td,th{border:1px solid #dde;padding:4px 8px;font-size:13px;text-align:left}
+table{border-collapse:collapse;background:#fff}
+td,th{border:1px solid #dde;padding:4px 8px;font-size:13px;text-align:left}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:14px}
 .item{background:#fff;border:1px solid #dde;border-radius:8px;padding:10px}
 .item img{width:128px;height:128px;image-rendering:auto;border-radius:4px}
