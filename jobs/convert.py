@@ -76,4 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from skinscan.cli import run_job_from_env
+    from skinscan.jobs_client import ConvertJob
+
+    if "--from-env" in sys.argv:  # submitted with `skinscan submit`
+        sys.exit(run_job_from_env(ConvertJob, lambda cfg: print(run(cfg.model_dump()))))
     sys.exit(main())

@@ -43,6 +43,9 @@ def run(cfg: dict) -> dict:
 
 
 if __name__ == "__main__":
-    from skinscan.cli import main
+    from skinscan.cli import main, run_job_from_env
+    from skinscan.jobs_client import EvaluateJob
 
+    if "--from-env" in sys.argv:  # submitted with `skinscan submit`
+        sys.exit(run_job_from_env(EvaluateJob, lambda cfg: run(cfg.model_dump())))
     sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -22,6 +22,9 @@ def run(cfg) -> dict:
 
 
 if __name__ == "__main__":
-    from skinscan.cli import main
+    from skinscan.cli import main, run_job_from_env
+    from skinscan.config import ScreenConfig
 
+    if "--from-env" in sys.argv:  # submitted with `skinscan submit`: the validated config travels as JSON
+        sys.exit(run_job_from_env(ScreenConfig, run))
     sys.exit(main(["screen", *sys.argv[1:]]))

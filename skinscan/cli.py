@@ -157,6 +157,8 @@ SUBCOMMAND_MODULES: list[str] = [
     "skinscan.commands_explain",
     "skinscan.commands_evaluate",
     "skinscan.commands_screen",
+    "skinscan.commands_demo",
+    "skinscan.commands_jobs",
 ]
 
 
@@ -185,6 +187,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skinscan: interrupted", file=sys.stderr)
         return 130
+
+
+def run_job_from_env(model, fn) -> int:
+    """Entry of a submitted job: validate the config sent in SKINSCAN_CONFIG_JSON, run, one-line errors."""
+    from skinscan.jobs_client import config_from_env
+
+    try:
+        cfg = config_from_env(model)
+        if cfg is None:
+            raise SkinScanError("--from-env given but SKINSCAN_CONFIG_JSON is not set")
+        fn(cfg)
+        return 0
+    except SkinScanError as err:
+        print(f"skinscan: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -85,6 +85,25 @@ def plot_history(history: list[dict], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+def epoch_printer(epochs: int):
+    """A Ray Train callback (runs on the controller) printing one compact line per epoch."""
+    import ray.train
+
+    class EpochPrinter(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            m = metrics[0]
+            keys = [k for k in ("balanced_accuracy", "accuracy", "macro_f1", "dice", "iou") if k in m]
+            shown = "  ".join(f"{k} {m[k]:.3f}" for k in keys)
+            print(
+                f"[train] epoch {m['epoch'] + 1}/{epochs}  train_loss {m['train_loss']:.3f}  val_loss "
+                f"{m['val_loss']:.3f}  {shown}  ({m['epoch_time_s']:.0f} s, {m['train_images_per_s']:.0f} img/s)"
+                f"  best {m['best_score']:.3f} @ epoch {m['best_epoch'] + 1}",
+                flush=True,
+            )
+
+    return EpochPrinter()
+
+
 def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     """Train on Ray, keep the best validation checkpoint, write the model bundle; returns its path."""
     import ray
@@ -129,6 +148,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
         run_config=ray.train.RunConfig(
             name=run_name,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=[epoch_printer(cfg.epochs)],
             storage_path=str(Path(cfg.storage_path).resolve()) if "://" not in cfg.storage_path else cfg.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
@@ -181,6 +201,6 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     (out / "history.json").write_text(json.dumps(history, indent=2))
     plot_history(history, cfg.metric, out / "training_curves.png")
     shown = {k: round(v, 4) for k, v in best_metrics.items() if isinstance(v, float)}
-    print(f"[train] best epoch {best_state['epoch']} ({cfg.metric}={best_state['best']['score']:.4f}) {shown}")
+    print(f"[train] best epoch {best_state['epoch'] + 1} ({cfg.metric}={best_state['best']['score']:.4f}) {shown}")
     print(f"[train] bundle -> {out}  ({wall:.0f} s)", flush=True)
     return out

@@ -215,14 +215,6 @@ def train_loop(config: dict) -> None:
         metrics["best_epoch"], metrics["best_score"] = best["epoch"], best["score"]
         history.append({k: v for k, v in metrics.items() if k != "drawn_per_worker"})
         history[-1]["drawn_per_worker"] = metrics.get("drawn_per_worker")
-        if rank == 0:
-            shown = {
-                k: round(v, 4) if isinstance(v, float) else v
-                for k, v in metrics.items()
-                if k not in ("drawn_per_worker", "loss")
-            }
-            print(f"[train] {shown}", flush=True)
-
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

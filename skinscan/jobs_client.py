@@ -1,0 +1,135 @@
+"""Submitting SkinScan jobs to a Ray cluster through Ray's JobSubmissionClient.
+
+The job's config is validated here first (a bad value fails before anything is sent), then travels with the
+job as JSON in the `SKINSCAN_CONFIG_JSON` environment variable; the project directory is the working_dir.
+Object-store credentials are taken from this environment (AWS_*, GOOGLE_*, ...) and passed as env vars of
+the job, never written to a file. With token authentication (RAY_AUTH_MODE=token) Ray's client sends the
+token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from skinscan.config import ScreenConfig, Section, TrainConfig, load_config
+from skinscan.errors import SkinScanError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_ENV = "SKINSCAN_CONFIG_JSON"
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+EXCLUDES = [".venv", "runs", "**/__pycache__", "*.onnx", "*.engine", ".pytest_cache", ".ruff_cache"]
+
+
+class ConvertJob(Section):
+    model: str
+    to: str = "onnx"
+    fp16: bool = False
+    with_features: bool = True
+    opset: int = 18
+    parity_images: str | None = None
+    max_abs_diff: float | None = None
+    min_agreement: float = 1.0
+
+
+class EvaluateJob(Section):
+    model: str
+    data: str
+    split: str | None = None
+    output: str | None = None
+    allow_overlap: bool = False
+    backend: str = "onnxruntime"
+
+
+JOB_CONFIGS: dict[str, type[BaseModel]] = {
+    "train": TrainConfig,
+    "screen": ScreenConfig,
+    "convert": ConvertJob,
+    "evaluate": EvaluateJob,
+}
+
+
+def config_from_env(model: type[BaseModel]):
+    """Inside a submitted job: the validated config that `submit` sent, or None."""
+    from skinscan.config import validate
+
+    raw = os.environ.get(CONFIG_ENV)
+    return validate(model, json.loads(raw)) if raw else None
+
+
+def _client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    try:
+        return JobSubmissionClient(address)
+    except Exception as err:  # noqa: BLE001 - connection and auth failures are user-facing
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SkinScanError(f"cannot reach the Ray job API at {address}: {first}") from None
+
+
+def submit(
+    job: str,
+    config: str | None,
+    overrides: list[str],
+    address: str | None = None,
+    pip: list[str] | None = None,
+    follow: bool = False,
+    timeout_s: float | None = None,
+) -> tuple[str, str]:
+    """Submit; returns (job_id, final status or 'SUBMITTED')."""
+    from skinscan.screening.pipeline import storage_env
+
+    if job not in JOB_CONFIGS:
+        raise SkinScanError(f"unknown job {job!r}; choose from {sorted(JOB_CONFIGS)}")
+    cfg = load_config(JOB_CONFIGS[job], config, overrides)
+    client = _client(address)
+    runtime_env = {
+        "working_dir": str(ROOT),
+        "excludes": EXCLUDES,
+        "env_vars": {CONFIG_ENV: cfg.model_dump_json(), **storage_env()},
+    }
+    if pip:
+        runtime_env["pip"] = pip
+    try:
+        job_id = client.submit_job(
+            entrypoint=f"python jobs/{job}.py --from-env", runtime_env=runtime_env, metadata={"skinscan_job": job}
+        )
+    except (RuntimeError, ConnectionError) as err:
+        raise SkinScanError(f"submission refused: {str(err).strip().splitlines()[0]}") from None
+    print(f"submitted {job} as {job_id}")
+    if not follow:
+        return job_id, "SUBMITTED"
+    return job_id, wait(client, job_id, stream=True, timeout_s=timeout_s)
+
+
+def wait(client, job_id: str, stream: bool = True, timeout_s: float | None = None) -> str:
+    from ray.job_submission import JobStatus
+
+    start, seen = time.time(), 0
+    while True:
+        status = client.get_job_status(job_id)
+        if stream:
+            logs = client.get_job_logs(job_id)
+            if len(logs) > seen:
+                print(logs[seen:], end="", flush=True)
+                seen = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return str(status.value if hasattr(status, "value") else status)
+        if timeout_s and time.time() - start > timeout_s:
+            raise SkinScanError(f"job {job_id} still {status} after {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
+def failure_reason(client, job_id: str) -> str:
+    """One line: the last error line of the job's logs, else Ray's message."""
+    info = client.get_job_info(job_id)
+    logs = client.get_job_logs(job_id).strip().splitlines()
+    for line in reversed(logs):
+        if "error" in line.lower():
+            return line.strip()
+    return (info.message or "no reason given").strip().splitlines()[-1]

@@ -1,0 +1,196 @@
+"""Shipped cluster configs are valid and secure; a real local Ray cluster runs a submitted screening job."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+YAMLS = sorted(CLUSTER.rglob("*.yaml"))
+SECRET_PATTERNS = [
+    r"AKIA[0-9A-Z]{16}",
+    r"aws_secret_access_key\s*[:=]",
+    r"BEGIN [A-Z ]*PRIVATE KEY",
+    r"password\s*[:=]\s*\S+",
+    r"RAY_AUTH_TOKEN\s*[:=]\s*[0-9a-f]{16,}",
+]
+
+
+def test_every_shipped_yaml_parses():
+    assert len(YAMLS) >= 5
+    for f in [*YAMLS, *sorted((ROOT / "configs").rglob("*.yaml"))]:
+        assert isinstance(yaml.safe_load(f.read_text()), dict), f
+
+
+@pytest.mark.parametrize("path", [p for p in YAMLS if p.parent == CLUSTER], ids=lambda p: p.name)
+def test_launcher_configs(path):
+    cfg = yaml.safe_load(path.read_text())
+    for key in (
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "max_workers",
+    ):
+        assert key in cfg, f"{path.name}: missing {key}"
+    head = cfg["available_node_types"][cfg["head_node_type"]]
+    assert head["resources"].get("CPU") == 0, "no work may be scheduled on the head"
+    workers = [v for k, v in cfg["available_node_types"].items() if k != cfg["head_node_type"]]
+    assert workers and all(w["max_workers"] > 0 for w in workers)
+    start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "RAY_AUTH_MODE=token" in start
+    assert all("RAY_AUTH_MODE=token" in c for c in cfg["worker_start_ray_commands"] if "ray start" in c)
+
+
+def _head_specs(doc):
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    return spec["headGroupSpec"], spec["workerGroupSpecs"]
+
+
+@pytest.mark.parametrize("path", sorted((CLUSTER / "kuberay").glob("*.yaml")), ids=lambda p: p.name)
+def test_kuberay_manifests(path):
+    doc = yaml.safe_load(path.read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob") and doc["metadata"]["name"]
+    head, workers = _head_specs(doc)
+    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    for group in [head, *workers]:
+        for c in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in c["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], "token must come from a Secret"
+    if doc["kind"] == "RayJob":
+        assert doc["spec"]["entrypoint"].startswith("python jobs/")
+        assert (ROOT / doc["spec"]["entrypoint"].split()[1]).exists()
+
+
+def test_no_public_binding_and_no_credentials():
+    for f in [*YAMLS, CLUSTER / "local.sh"]:
+        text = f.read_text()
+        assert "0.0.0.0" not in text, f"{f.name} binds to all interfaces"
+        for pattern in SECRET_PATTERNS:
+            assert not re.search(pattern, text, re.I), f"{f.name} looks like it holds a credential ({pattern})"
+    script = (CLUSTER / "local.sh").read_text()
+    assert "--dashboard-host=127.0.0.1" in script and "RAY_AUTH_MODE=token" in script
+
+
+# ---------------------------------------------------------------- a real local cluster
+
+
+def _ports() -> int:
+    import random
+
+    while True:
+        base = random.randint(20000, 29000)
+        try:
+            for p in [*range(base, base + 10), base + 1000]:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    base = _ports()
+    tmp = tmp_path_factory.mktemp("cluster")
+    env = {
+        **os.environ,
+        "RAY_BIN": str(Path(sys.executable).parent / "ray"),
+        "RAY_PORT": str(base),
+        "RAY_DASHBOARD_PORT": str(base + 1000),
+        "SKINSCAN_RAY_TEMP": f"/tmp/skr-{base}",
+        "RAY_AUTH_TOKEN_PATH": str(tmp / "token"),
+        "WORKER_CPUS": "2",
+    }
+    env.pop("RAY_ADDRESS", None)
+    script = str(CLUSTER / "local.sh")
+    up = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr
+        yield f"http://127.0.0.1:{base + 1000}", env
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=120)
+        left = subprocess.run(["pgrep", "-f", f"/tmp/skr-{base}"], capture_output=True, text=True).stdout
+        assert not left.strip(), "cluster processes left running"
+
+
+def _skinscan(env, *args, timeout=600):
+    env = {**env, "RAY_AUTH_MODE": "token"}
+    return subprocess.run(
+        [sys.executable, "-m", "skinscan.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_unauthenticated_submission_is_refused(local_cluster):
+    address, _ = local_cluster
+    req = urllib.request.Request(
+        f"{address}/api/jobs/",
+        data=b'{"entrypoint": "echo pwned"}',
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=30)
+    assert info.value.code in (401, 403)
+
+
+@pytest.mark.slow
+def test_submit_screen_job_and_bad_configs(local_cluster, tiny_bundles, synth_zip, tmp_path):
+    address, env = local_cluster
+    out = tmp_path / "screen"
+    cfg = tmp_path / "screen.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(tiny_bundles["swin"]),
+                "input": f"zip://images::{synth_zip}",
+                "output": str(out),
+                "progress": False,
+            }
+        )
+    )
+    ok = _skinscan(env, "submit", "screen", "--address", address, "--config", str(cfg), "--follow")
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert "SUCCEEDED" in ok.stdout
+    assert len(pd.read_parquet(out / "results")) == 120
+
+    bad = _skinscan(env, "submit", "screen", "--address", address, "--config", str(cfg), "--set", "explain=maybe")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "config key explain" in bad.stderr
+
+    fails = _skinscan(
+        env,
+        "submit",
+        "screen",
+        "--address",
+        address,
+        "--config",
+        str(cfg),
+        "--set",
+        f"model={tmp_path / 'no-such-bundle'}",
+        "--follow",
+    )
+    reason = fails.stderr.strip().splitlines()[-1]  # the job's own logs stream to stdout while following
+    assert fails.returncode != 0 and reason.startswith("skinscan: error: job ") and "FAILED" in reason
+    assert "not a model bundle" in reason
+
+    listed = _skinscan(env, "jobs", "list", "--address", address)
+    assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout and "FAILED" in listed.stdout
