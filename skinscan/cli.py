@@ -159,6 +159,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "skinscan.commands_screen",
     "skinscan.commands_demo",
     "skinscan.commands_jobs",
+    "skinscan.commands_bench",
 ]
 
 

@@ -1,0 +1,87 @@
+"""Shared helpers: a Swin-T bundle (random init: compute is what is measured), timing, peak memory sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def swin_t_bundle(
+    directory: Path,
+    size: int = 224,
+    classes=("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"),
+    name: str = "swin_tiny_patch4_window7_224",
+    kwargs: dict | None = None,
+) -> Path:
+    import torch
+
+    from skinscan.bundle import read_card, save_bundle
+    from skinscan.config import ModelConfig
+    from skinscan.models import create_model
+
+    if (directory / "model_card.json").exists() and read_card(directory)["input_size"] == size:
+        return directory
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(name=name, img_size=size, kwargs=kwargs or {}), num_classes=len(classes))
+    card = {
+        "task": "classify",
+        "architecture": {"name": name, "kwargs": kwargs or {}},
+        "input_size": size,
+        "class_names": list(classes),
+        "created": "benchmark (random init)",
+    }
+    return save_bundle(directory, model.eval(), card)
+
+
+def rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 2) if seconds > 0 else float("nan")
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and every process of the local Ray session (and children)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _rss(self) -> int:
+        import psutil
+
+        me = psutil.Process(os.getpid())
+        procs = {me.pid: me}
+        for p in me.children(recursive=True):
+            procs[p.pid] = p
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info.get("cmdline") or [])
+            if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "plasma" in cmd:
+                procs[p.pid] = p
+        total = 0
+        for p in procs.values():
+            try:
+                total += p.memory_info().rss
+            except Exception:  # noqa: BLE001 - process gone
+                pass
+        return total
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def write_json(obj: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2))
+        print(f"-> {path}")

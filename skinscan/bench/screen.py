@@ -1,0 +1,172 @@
+"""Screening throughput, one run, same machine (Swin-T, 224 px, random init; JPEG inputs ~1 MP):
+
+(a) a naive per-image PyTorch loop with pytorch-grad-cam, (b) a bare ONNX Runtime loop on pre-decoded tensors,
+(c) the Ray Data pipeline with explain=none, (d) explain=all with the fast path; and peak memory of the pipeline
+(all Ray processes + driver) for an archive and for 10x that archive (tiny model, so 10x stays quick).
+Pipeline rates are given end to end and at steady state (after the first rows are written: actor start-up and
+model loading excluded).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_archive(path: Path, n: int, size=(1024, 768), seed: int = 0) -> Path:
+    """~1 MP JPEGs of synthetic lesions, in a zip."""
+    from skinscan.synth import render
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = [render(c, 384, np.random.default_rng(i)) for i, c in enumerate(["MEL", "NV", "BCC", "BKL"] * 4)]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            img = Image.fromarray(base[i % len(base)][0]).resize(size, Image.BILINEAR)
+            arr = np.asarray(img).astype(np.int16) + rng.integers(-6, 7, (size[1], size[0], 1))
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+            zf.writestr(f"images/IMG_{i:06d}.jpg", buf.getvalue())
+    return path
+
+
+def _pipeline(bundle: Path, archive: Path, out: Path, explain: str, classify_batch: int = 16) -> dict:
+    import shutil
+
+    from skinscan.config import ScreenConfig, validate
+    from skinscan.screening.pipeline import screen
+    from skinscan.screening.writer import list_parts
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = validate(
+        ScreenConfig,
+        {
+            "model": str(bundle),
+            "input": f"zip://images::{archive}",
+            "output": str(out),
+            "explain": explain,
+            "thumbnails": "none",
+            "progress": False,
+            "rows_per_part": classify_batch,
+            "decode": {"batch_size": classify_batch, "num_cpus": 0.25},
+            "classify": {"batch_size": classify_batch, "threads": 2, "num_cpus": 1},
+        },
+    )
+    first: list[float] = []
+    import threading
+
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set() and not first:
+            if list_parts(str(out)):
+                first.append(time.perf_counter())
+            time.sleep(0.05)
+
+    th = threading.Thread(target=watch, daemon=True)
+    t0 = time.perf_counter()
+    th.start()
+    s = screen(cfg)
+    t1 = time.perf_counter()
+    stop.set()
+    th.join()
+    n = s["this_run_rows"]
+    steady = (n - classify_batch) / (t1 - first[0]) if first and t1 > first[0] else float("nan")
+    return {
+        "images": n,
+        "end_to_end": round(n / (t1 - t0), 2),
+        "steady_state": round(steady, 2),
+        "complete": s["complete"],
+    }
+
+
+def run(workdir: str = "runs/bench", n: int = 96, mem_n: int = 200, out: str | None = None) -> dict:
+    import onnxruntime  # noqa: F401 - fail early if missing
+    import ray
+    import torch
+
+    from skinscan.bench.common import PeakMemory, rate, swin_t_bundle, write_json
+    from skinscan.bundle import load_bundle
+    from skinscan.explain.cam import gradcam
+    from skinscan.imageio import decode_image, resize_square
+    from skinscan.runtime import create_predictor
+    from skinscan.transforms import normalize_batch
+
+    work = Path(workdir).resolve()
+    bundle = swin_t_bundle(work / "swin_t_224", 224)
+    archive = make_archive(work / f"bench_{n}.zip", n)
+    with zipfile.ZipFile(archive) as zf:
+        datas = [zf.read(name) for name in sorted(zf.namelist())]
+    res: dict = {}
+
+    # (a) naive: one image at a time, eager PyTorch, pytorch-grad-cam, full decode
+    torch.set_num_threads(2)
+    model, _ = load_bundle(bundle)
+    na = max(8, n // 6)
+    t = time.perf_counter()
+    for d in datas[:na]:
+        x = torch.from_numpy(normalize_batch(resize_square(decode_image(d), 224)[None]))
+        with torch.no_grad():
+            model(x)
+        gradcam(model, x)
+    res["a_naive_torch_gradcam"] = rate(na, time.perf_counter() - t)
+    print(f"(a) naive per-image torch + pytorch-grad-cam  {res['a_naive_torch_gradcam']:7.2f} img/s", flush=True)
+
+    # (b) bare ONNX Runtime on pre-decoded tensors, batch 16
+    pred = create_predictor(bundle, "onnxruntime", with_features=False, threads=2)
+    x = normalize_batch(np.stack([resize_square(decode_image(d, draft_size=224), 224) for d in datas]))
+    pred.predict(x[:16])
+    t = time.perf_counter()
+    for i in range(0, len(x), 16):
+        pred.predict(x[i : i + 16])
+    res["b_bare_onnxruntime"] = rate(len(x), time.perf_counter() - t)
+    print(f"(b) bare ONNX Runtime, pre-decoded tensors     {res['b_bare_onnxruntime']:7.2f} img/s", flush=True)
+    del model, pred, x
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=False)
+    res["c_pipeline_explain_none"] = _pipeline(bundle, archive, work / "out_c", "none")
+    print(f"(c) pipeline, explain=none                     {res['c_pipeline_explain_none']}", flush=True)
+    res["d_pipeline_explain_all_fast"] = _pipeline(bundle, archive, work / "out_d", "all")
+    print(f"(d) pipeline, explain=all (fast path)          {res['d_pipeline_explain_all_fast']}", flush=True)
+
+    # peak memory: tiny Swin so that 10x the archive stays quick; same settings otherwise
+    tiny = swin_t_bundle(
+        work / "tiny_swin_64", 64, kwargs={"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
+    )
+    mem = {}
+    for mult in (1, 10):
+        arch = make_archive(work / f"bench_mem_{mem_n * mult}.zip", mem_n * mult, size=(512, 384), seed=mult)
+        with PeakMemory() as pm:
+            r = _pipeline(tiny, arch, work / f"out_mem_{mult}", "all", classify_batch=32)
+        mem[f"{mult}x"] = {"images": mem_n * mult, "peak_rss_mb": round(pm.peak / 2**20), **r}
+        print(f"peak memory {mult:2d}x ({mem_n * mult} images): {mem[f'{mult}x']['peak_rss_mb']} MB", flush=True)
+    res["memory"] = mem
+    c, d = res["c_pipeline_explain_none"]["steady_state"], res["d_pipeline_explain_all_fast"]["steady_state"]
+    ratios = {
+        "c_over_b": round(c / res["b_bare_onnxruntime"], 2),
+        "c_over_a": round(c / res["a_naive_torch_gradcam"], 2),
+        "d_over_c": round(d / c, 2),
+        "mem_10x_over_1x": round(mem["10x"]["peak_rss_mb"] / mem["1x"]["peak_rss_mb"], 2),
+    }
+    res["ratios"] = ratios
+    print("\n| measure | value | target |\n|---|---|---|")
+    print(f"| (a) naive torch + pytorch-grad-cam | {res['a_naive_torch_gradcam']} img/s | |")
+    print(f"| (b) bare ONNX Runtime | {res['b_bare_onnxruntime']} img/s | |")
+    ce, de = res["c_pipeline_explain_none"]["end_to_end"], res["d_pipeline_explain_all_fast"]["end_to_end"]
+    print(f"| (c) pipeline explain=none (steady / end-to-end) | {c} / {ce} img/s | |")
+    print(f"| (d) pipeline explain=all, fast path (steady / e2e) | {d} / {de} img/s | |")
+    print(f"| (c)/(b) | {ratios['c_over_b']} | >= 0.8 |")
+    print(f"| (c)/(a) | {ratios['c_over_a']} | >= 3 |")
+    print(f"| (d)/(c) | {ratios['d_over_c']} | >= 0.7 |")
+    m10, m1 = mem["10x"]["peak_rss_mb"], mem["1x"]["peak_rss_mb"]
+    print(f"| peak memory 10x / 1x | {ratios['mem_10x_over_1x']} ({m10} / {m1} MB) | <= 1.3 |")
+    write_json(res, out)
+    return res
