@@ -12,7 +12,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run(cfg: dict) -> dict:
+    from skinscan.bundle import read_card
     from skinscan.evaluation.run import evaluate
+
+    if read_card(cfg["model"]).get("task") == "segment":
+        from skinscan.evaluation.segmentation import evaluate_segmenter
+
+        out = cfg.get("output") or str(Path(cfg["model"]) / f"evaluation-{cfg.get('split') or 'all'}")
+        r = evaluate_segmenter(cfg["model"], cfg["data"], out, cfg.get("split"), cfg.get("backend", "onnxruntime"))
+        print(f"segmenter on {r['n']} images ({cfg.get('split') or 'all'}): Dice {r['dice']:.4f} "
+              f"(median {r['dice_median']:.4f}), Jaccard {r['iou']:.4f}; leakage {r['leakage'].get('overlapping')}")
+        print(f"-> {out}/segmentation.json")
+        return r
 
     out = cfg.get("output") or str(Path(cfg["model"]) / f"evaluation{'-' + cfg['split'] if cfg.get('split') else ''}")
     r = evaluate(

@@ -79,6 +79,8 @@ def run(
 
     t = _step(2, total, "train the tiny Swin classifier with Ray Train (2 CPU workers)")
     over = [f"data.source={source}", f"output={work / 'classifier'}", f"storage_path={work / 'ray'}"]
+    if data:  # real archives are larger and far more imbalanced: cap each (oversampled) epoch
+        over.append("max_train_samples_per_epoch=4000")
     if epochs:
         over.append(f"epochs={epochs}")
     if img_size:
@@ -94,6 +96,8 @@ def run(
 
     t = _step(4, total, "train the U-Net lesion segmenter")
     over = [f"data.source={source}", f"output={work / 'segmenter'}", f"storage_path={work / 'ray'}"]
+    if data:
+        over.append("max_train_samples_per_epoch=2000")
     if seg_epochs:
         over.append(f"epochs={seg_epochs}")
     segmenter = train(load_config(TrainConfig, CONFIGS / "train/unet_tiny.yaml", over))

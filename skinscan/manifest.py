@@ -66,15 +66,15 @@ def _image_index(root: str) -> dict[str, str]:
 
 
 def _default_images_root(csv_uri: str) -> str:
+    """`images/` beside the CSV when it exists (folder or archive member folder), else the CSV's folder."""
     par = storage.parent(csv_uri)
     cand = storage.join(par, "images")
     try:
-        if storage.split_chained(cand) or storage.is_dir(cand):
-            if not storage.split_chained(cand) or storage.list_files(storage.split_chained(cand)[2]):
-                return cand
-    except Exception:  # noqa: BLE001
-        pass
-    return par
+        if storage.split_chained(cand):
+            return cand if storage.list_files(cand) else par
+        return cand if storage.is_dir(cand) else par
+    except Exception:  # noqa: BLE001 - an unreadable candidate just means "not there"
+        return par
 
 
 def _attach_uris(df: pd.DataFrame, images: str, csv_uri: str) -> pd.DataFrame:

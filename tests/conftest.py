@@ -46,7 +46,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -114,7 +114,13 @@ def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
         batch_format="numpy",
         num_cpus=cfg.decode.num_cpus,
         **remote,
-        fn_kwargs={"work_size": work, "thumb_size": cfg.thumbnail_size, "max_pixels": cfg.max_pixels},
+        fn_kwargs={
+            "work_size": work,
+            "thumb_size": cfg.thumbnail_size,
+            "max_pixels": cfg.max_pixels,
+            "gpu_decode": cfg.gpu_decode,
+        },
+        num_gpus=cfg.decode.num_gpus or None,
     )
     if cfg.segmenter:
         ds = ds.map_batches(

@@ -26,8 +26,30 @@ def _obj(values) -> np.ndarray:
     return arr
 
 
-def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int) -> dict:
-    """Read bytes, hash, decode (JPEG draft mode to `work_size`), resize; failures become error rows."""
+def gpu_decode_jpegs(datas: list[bytes], size: int) -> list[np.ndarray | None]:
+    """nvJPEG through torchvision.io on the GPU, resized there; None where a file is not a decodable JPEG
+    (those go through the CPU path, which also produces the typed error)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out: list[np.ndarray | None] = [None] * len(datas)
+    idx = [i for i, d in enumerate(datas) if d[:3] == b"\xff\xd8\xff"]
+    if not idx:
+        return out
+    try:
+        tensors = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in idx]
+        images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device="cuda")
+    except RuntimeError:
+        return out  # a corrupt JPEG in the batch: let the CPU path sort them out one by one
+    for i, im in zip(idx, images):
+        x = torch.nn.functional.interpolate(im[None].float(), size=(size, size), mode="bilinear", antialias=True)
+        out[i] = x[0].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+    return out
+
+
+def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, gpu_decode: bool = False) -> dict:
+    """Read bytes, hash, decode (JPEG draft mode to `work_size`, or nvJPEG on the GPU), resize; failures become
+    error rows. GPU decoding skips EXIF orientation and the pixel limit check only for files it decodes itself."""
     from skinscan.storage import read_bytes
 
     uris = list(batch["uri"])
@@ -37,10 +59,27 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int) 
     thumb = np.zeros((n, thumb_size, thumb_size, 3), np.uint8)
     sha, status, etype, emsg = [None] * n, ["ok"] * n, [None] * n, [None] * n
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    gpu: list = [None] * n
+    if gpu_decode:
+        import torch
+
+        if torch.cuda.is_available():
+            datas = []
+            for uri in uris:
+                try:
+                    datas.append(read_bytes(uri))
+                except Exception:  # noqa: BLE001 - reported by the CPU path below
+                    datas.append(b"")
+            gpu = gpu_decode_jpegs(datas, work_size)
     for i, uri in enumerate(uris):
         try:
             data = read_bytes(uri)
             sha[i] = hashlib.sha256(data).hexdigest()
+            if gpu[i] is not None:
+                work[i] = gpu[i]
+                thumb[i] = resize_square(Image.fromarray(gpu[i]), thumb_size)
+                width[i] = height[i] = 0  # unknown without a header parse; the CPU path records it
+                continue
             im = decode_image(data, uri, max_pixels=max_pixels, draft_size=work_size)
             width[i], height[i] = im.info.get("original_size", im.size)
             work[i] = resize_square(im, work_size)

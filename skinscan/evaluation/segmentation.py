@@ -1,0 +1,49 @@
+"""Segmenter evaluation: mean Dice and Jaccard (IoU) against ground-truth masks on a held-out split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from skinscan.errors import DataError
+
+
+def evaluate_segmenter(bundle: str | Path, data: str, output: str | Path, split: str | None = "test",
+                       backend: str = "onnxruntime", batch_size: int = 32, progress: bool = True) -> dict:
+    from skinscan import storage
+    from skinscan.datasets import read_mask
+    from skinscan.evaluation.run import leakage_check, select_eval_set
+    from skinscan.imageio import read_image, resize_square
+    from skinscan.metrics import dice_iou
+    from skinscan.runtime import create_predictor
+    from skinscan.synth import mask_uri_for
+    from skinscan.transforms import normalize_batch
+
+    bundle = Path(bundle)
+    df = select_eval_set(bundle, data, split)
+    df = df[df["uri"].map(lambda u: storage.exists(mask_uri_for(u)))].reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"{data}: no images with masks (masks/<image_id>_segmentation.png) in split {split}")
+    leakage = leakage_check(bundle, df)
+    pred = create_predictor(bundle, backend, with_features=False)
+    size = pred.card["input_size"]
+    dices, ious = [], []
+    for i in tqdm(range(0, len(df), batch_size), desc="evaluate segmenter", disable=not progress):
+        uris = df["uri"].iloc[i:i + batch_size].tolist()
+        x = normalize_batch(np.stack([resize_square(read_image(u, draft_size=size), size) for u in uris]))
+        masks = pred.predict(x).outputs[0][:, 0] > 0
+        truth = np.stack([read_mask(mask_uri_for(u), size) for u in uris]).astype(bool)
+        for p, t in zip(masks, truth):
+            d, j = dice_iou(p[None], t[None])
+            dices.append(d)
+            ious.append(j)
+    result = {"model": str(bundle), "data": data, "split": split, "n": len(dices), "input_size": size,
+              "dice": float(np.mean(dices)), "iou": float(np.mean(ious)),
+              "dice_median": float(np.median(dices)), "leakage": leakage}
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segmentation.json").write_text(json.dumps(result, indent=2))
+    return result
