@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -133,6 +134,11 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     if not ray.is_initialized():
         ray.init(address=ray_address, configure_logging=False)
     higher = HIGHER_IS_BETTER[cfg.metric]
+    # object-store credentials (and the test hook) reach the workers through their runtime_env, never a file
+    from skinscan.screening.pipeline import storage_env
+    from skinscan.training.loop import FAIL_ENV
+
+    worker_env = {**storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
         train_loop,
@@ -149,6 +155,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
             name=run_name,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=[epoch_printer(cfg.epochs)],
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
             storage_path=str(Path(cfg.storage_path).resolve()) if "://" not in cfg.storage_path else cfg.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
