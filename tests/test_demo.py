@@ -26,7 +26,7 @@ def test_demo_end_to_end(tmp_path, ray_local):
     ev = json.loads((art["evaluation"].parent / "evaluation.json").read_text())
     assert ev["split"] == "test" and ev["leakage"]["overlapping"] == 0 and ev["raw"]["n"] > 0
     report = art["report"]
-    assert 'id="n-rows">120<' in report.read_text()
+    assert "id=n-rows>120<" in report.read_text()
     from skinscan.errors import MissingDependency
     from skinscan.screening.browser import find_chromium, render
 
