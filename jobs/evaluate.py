@@ -20,8 +20,10 @@ def run(cfg: dict) -> dict:
 
         out = cfg.get("output") or str(Path(cfg["model"]) / f"evaluation-{cfg.get('split') or 'all'}")
         r = evaluate_segmenter(cfg["model"], cfg["data"], out, cfg.get("split"), cfg.get("backend", "onnxruntime"))
-        print(f"segmenter on {r['n']} images ({cfg.get('split') or 'all'}): Dice {r['dice']:.4f} "
-              f"(median {r['dice_median']:.4f}), Jaccard {r['iou']:.4f}; leakage {r['leakage'].get('overlapping')}")
+        print(
+            f"segmenter on {r['n']} images ({cfg.get('split') or 'all'}): Dice {r['dice']:.4f} "
+            f"(median {r['dice_median']:.4f}), Jaccard {r['iou']:.4f}; leakage {r['leakage'].get('overlapping')}"
+        )
         print(f"-> {out}/segmentation.json")
         return r
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from skinscan import storage
-from skinscan.config import ScreenConfig, SynthConfig, TrainConfig, load_config, validate
+from skinscan.config import ScreenConfig, SynthConfig, TrainConfig, load_config
 from skinscan.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,6 @@ def screening_input(data: str) -> str:
         return f"{storage.archive_kind(data)[0]}://images::{data}" if any("://images/" in n for n in names) else data
     if storage.is_dir(storage.join(data, "images")):
         return storage.join(data, "images")
-    if data.lower().endswith(".csv"):
-        return data
     return data
 
 
@@ -117,7 +115,7 @@ def run(
             f"progress={str(progress).lower()}",
         ],
     )
-    summary = screen(validate(ScreenConfig, cfg.model_dump()))
+    summary = screen(cfg)
     print_summary(summary)
     times["screen"] = time.time() - t
 

@@ -90,3 +90,19 @@ def tiny_bundles(tmp_path_factory) -> dict[str, Path]:
         "efficientnet": make_bundle(root / "effnet", "efficientnet_b0", {}, size=64),
         "unet": make_bundle(root / "unet", "unet", {"base": 8, "depth": 3}, task="segment"),
     }
+
+
+def free_port_base(offsets, lo: int = 15000, hi: int = 45000) -> int:
+    """A random port p on loopback such that p + every offset is free (services that use several ports)."""
+    import random
+    import socket
+
+    while True:
+        base = random.randint(lo, hi)
+        try:
+            for off in offsets:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", base + off))
+            return base
+        except OSError:
+            continue

@@ -2,7 +2,6 @@
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -89,17 +88,10 @@ def test_no_public_binding_and_no_credentials():
 
 
 def _ports() -> int:
-    import random
+    """RAY_PORT .. +9 for the cluster's services and +1000 for its job API."""
+    from tests.conftest import free_port_base
 
-    while True:
-        base = random.randint(20000, 29000)
-        try:
-            for p in [*range(base, base + 10), base + 1000]:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
+    return free_port_base((*range(10), 1000), 20000, 29000)
 
 
 @pytest.fixture(scope="module")

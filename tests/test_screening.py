@@ -4,7 +4,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -255,17 +254,9 @@ def test_bad_config_and_inputs_are_clean_errors(screen_bundles, tmp_path):
 
 def _free_port() -> int:
     """A port p with p and p + 10000 free (SeaweedFS puts each service's gRPC on port + 10000)."""
-    import random
+    from tests.conftest import free_port_base
 
-    while True:
-        p = random.randint(15000, 45000)
-        try:
-            for port in (p, p + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return p
-        except OSError:
-            continue
+    return free_port_base((0, 10000))
 
 
 @pytest.fixture(scope="module")

@@ -125,8 +125,9 @@ def test_segmenter_learns_synthetic_masks(ray_local, train_synth, tmp_path):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
     from skinscan.evaluation.segmentation import evaluate_segmenter
 
-    held_out = evaluate_segmenter(bundle, str(bundle / "train_manifest.parquet"), tmp_path / "ev", "test",
-                                  progress=False)
+    held_out = evaluate_segmenter(
+        bundle, str(bundle / "train_manifest.parquet"), tmp_path / "ev", "test", progress=False
+    )
     assert held_out["n"] == 60 and held_out["dice"] >= 0.7 and held_out["leakage"]["overlapping"] == 0
 
 

@@ -11,8 +11,15 @@ from tqdm import tqdm
 from skinscan.errors import DataError
 
 
-def evaluate_segmenter(bundle: str | Path, data: str, output: str | Path, split: str | None = "test",
-                       backend: str = "onnxruntime", batch_size: int = 32, progress: bool = True) -> dict:
+def evaluate_segmenter(
+    bundle: str | Path,
+    data: str,
+    output: str | Path,
+    split: str | None = "test",
+    backend: str = "onnxruntime",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
     from skinscan import storage
     from skinscan.datasets import read_mask
     from skinscan.evaluation.run import leakage_check, select_eval_set
@@ -32,7 +39,7 @@ def evaluate_segmenter(bundle: str | Path, data: str, output: str | Path, split:
     size = pred.card["input_size"]
     dices, ious = [], []
     for i in tqdm(range(0, len(df), batch_size), desc="evaluate segmenter", disable=not progress):
-        uris = df["uri"].iloc[i:i + batch_size].tolist()
+        uris = df["uri"].iloc[i : i + batch_size].tolist()
         x = normalize_batch(np.stack([resize_square(read_image(u, draft_size=size), size) for u in uris]))
         masks = pred.predict(x).outputs[0][:, 0] > 0
         truth = np.stack([read_mask(mask_uri_for(u), size) for u in uris]).astype(bool)
@@ -40,9 +47,17 @@ def evaluate_segmenter(bundle: str | Path, data: str, output: str | Path, split:
             d, j = dice_iou(p[None], t[None])
             dices.append(d)
             ious.append(j)
-    result = {"model": str(bundle), "data": data, "split": split, "n": len(dices), "input_size": size,
-              "dice": float(np.mean(dices)), "iou": float(np.mean(ious)),
-              "dice_median": float(np.median(dices)), "leakage": leakage}
+    result = {
+        "model": str(bundle),
+        "data": data,
+        "split": split,
+        "n": len(dices),
+        "input_size": size,
+        "dice": float(np.mean(dices)),
+        "iou": float(np.mean(ious)),
+        "dice_median": float(np.median(dices)),
+        "leakage": leakage,
+    }
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "segmentation.json").write_text(json.dumps(result, indent=2))

@@ -59,21 +59,23 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
     thumb = np.zeros((n, thumb_size, thumb_size, 3), np.uint8)
     sha, status, etype, emsg = [None] * n, ["ok"] * n, [None] * n, [None] * n
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    datas: list = [None] * n
+    for i, uri in enumerate(uris):
+        try:
+            datas[i] = read_bytes(uri)
+        except Exception as err:  # noqa: BLE001 - recorded as an error row below
+            datas[i] = err
     gpu: list = [None] * n
     if gpu_decode:
         import torch
 
         if torch.cuda.is_available():
-            datas = []
-            for uri in uris:
-                try:
-                    datas.append(read_bytes(uri))
-                except Exception:  # noqa: BLE001 - reported by the CPU path below
-                    datas.append(b"")
-            gpu = gpu_decode_jpegs(datas, work_size)
+            gpu = gpu_decode_jpegs([d if isinstance(d, bytes) else b"" for d in datas], work_size)
     for i, uri in enumerate(uris):
         try:
-            data = read_bytes(uri)
+            data = datas[i]
+            if isinstance(data, Exception):
+                raise data
             sha[i] = hashlib.sha256(data).hexdigest()
             if gpu[i] is not None:
                 work[i] = gpu[i]
