@@ -77,7 +77,8 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     threads_per_worker: int = Field(1, ge=1)
-    amp: bool = True  # mixed precision, GPU only
+    amp: bool = True  # bf16 autocast on GPUs and on CPUs with native bf16 (AVX512-BF16 / AMX); fp32 elsewhere
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
     max_failures: int = Field(2, ge=0)
     max_train_samples_per_epoch: int | None = Field(None, ge=1)  # cap per epoch (all workers), CPU runs
     time_budget_min: float | None = Field(None, gt=0)  # stop starting new epochs after this many minutes
