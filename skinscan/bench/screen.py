@@ -3,8 +3,8 @@
 (a) a naive per-image PyTorch loop with pytorch-grad-cam, (b) a bare ONNX Runtime loop on pre-decoded tensors,
 (c) the Ray Data pipeline with explain=none, (d) explain=all with the fast path; and peak memory of the pipeline
 (all Ray processes + driver) for an archive and for 10x that archive (tiny model, so 10x stays quick).
-Pipeline rates are given end to end and at steady state (after the first rows are written: actor start-up and
-model loading excluded).
+Pipeline rates are end to end (listing to last row written, actor start-up and model loading included; the
+targets are checked on these) and, for information, after the first rows reach the driver.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ def _pipeline(bundle: Path, archive: Path, out: Path, explain: str, classify_bat
 
     from skinscan.config import ScreenConfig, validate
     from skinscan.screening.pipeline import screen
-    from skinscan.screening.writer import list_parts
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = validate(
@@ -54,40 +53,21 @@ def _pipeline(bundle: Path, archive: Path, out: Path, explain: str, classify_bat
             "explain": explain,
             "thumbnails": "none",
             "progress": False,
-            "rows_per_part": classify_batch,
             "decode": {"batch_size": classify_batch, "num_cpus": 0.25},
             "classify": {"batch_size": classify_batch, "threads": 2, "num_cpus": 1},
         },
     )
-    first: list[float] = []
-    import threading
-
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set() and not first:
-            if list_parts(str(out)):
-                first.append(time.perf_counter())
-            time.sleep(0.05)
-
-    th = threading.Thread(target=watch, daemon=True)
-    t0 = time.perf_counter()
-    th.start()
     s = screen(cfg)
-    t1 = time.perf_counter()
-    stop.set()
-    th.join()
-    n = s["this_run_rows"]
-    steady = (n - classify_batch) / (t1 - first[0]) if first and t1 > first[0] else float("nan")
     return {
-        "images": n,
-        "end_to_end": round(n / (t1 - t0), 2),
-        "steady_state": round(steady, 2),
+        "images": s["this_run_rows"],
+        "end_to_end": s["images_per_s"],
+        "steady_state": s.get("steady_images_per_s", float("nan")),
+        "startup_s": s.get("startup_s"),
         "complete": s["complete"],
     }
 
 
-def run(workdir: str = "runs/bench", n: int = 96, mem_n: int = 200, out: str | None = None) -> dict:
+def run(workdir: str = "runs/bench", n: int = 1500, mem_n: int = 200, out: str | None = None) -> dict:
     import onnxruntime  # noqa: F401 - fail early if missing
     import ray
     import torch
@@ -109,7 +89,7 @@ def run(workdir: str = "runs/bench", n: int = 96, mem_n: int = 200, out: str | N
     # (a) naive: one image at a time, eager PyTorch, pytorch-grad-cam, full decode
     torch.set_num_threads(2)
     model, _ = load_bundle(bundle)
-    na = max(8, n // 6)
+    na = min(n, 48)
     t = time.perf_counter()
     for d in datas[:na]:
         x = torch.from_numpy(normalize_batch(resize_square(decode_image(d), 224)[None]))
@@ -149,7 +129,7 @@ def run(workdir: str = "runs/bench", n: int = 96, mem_n: int = 200, out: str | N
         mem[f"{mult}x"] = {"images": mem_n * mult, "peak_rss_mb": round(pm.peak / 2**20), **r}
         print(f"peak memory {mult:2d}x ({mem_n * mult} images): {mem[f'{mult}x']['peak_rss_mb']} MB", flush=True)
     res["memory"] = mem
-    c, d = res["c_pipeline_explain_none"]["steady_state"], res["d_pipeline_explain_all_fast"]["steady_state"]
+    c, d = res["c_pipeline_explain_none"]["end_to_end"], res["d_pipeline_explain_all_fast"]["end_to_end"]
     ratios = {
         "c_over_b": round(c / res["b_bare_onnxruntime"], 2),
         "c_over_a": round(c / res["a_naive_torch_gradcam"], 2),
@@ -160,9 +140,15 @@ def run(workdir: str = "runs/bench", n: int = 96, mem_n: int = 200, out: str | N
     print("\n| measure | value | target |\n|---|---|---|")
     print(f"| (a) naive torch + pytorch-grad-cam | {res['a_naive_torch_gradcam']} img/s | |")
     print(f"| (b) bare ONNX Runtime | {res['b_bare_onnxruntime']} img/s | |")
-    ce, de = res["c_pipeline_explain_none"]["end_to_end"], res["d_pipeline_explain_all_fast"]["end_to_end"]
-    print(f"| (c) pipeline explain=none (steady / end-to-end) | {c} / {ce} img/s | |")
-    print(f"| (d) pipeline explain=all, fast path (steady / e2e) | {d} / {de} img/s | |")
+    for key, label in (
+        ("c_pipeline_explain_none", "(c) pipeline, explain=none"),
+        ("d_pipeline_explain_all_fast", "(d) pipeline, explain=all (fast path)"),
+    ):
+        r = res[key]
+        print(
+            f"| {label}, end to end ({r['images']} images) | {r['end_to_end']} img/s "
+            f"(first rows after {r['startup_s']} s, then {r['steady_state']} img/s) | |"
+        )
     print(f"| (c)/(b) | {ratios['c_over_b']} | >= 0.8 |")
     print(f"| (c)/(a) | {ratios['c_over_a']} | >= 3 |")
     print(f"| (d)/(c) | {ratios['d_over_c']} | >= 0.7 |")

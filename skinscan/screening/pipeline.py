@@ -56,7 +56,15 @@ def _prepare_onnx(cfg: ScreenConfig) -> None:
             export_onnx(bundle)
 
 
-def summarize(output: str, wall_s: float | None = None, new_rows: int = 0, n_inputs: int | None = None) -> dict:
+def summarize(
+    output: str,
+    wall_s: float | None = None,
+    new_rows: int = 0,
+    n_inputs: int | None = None,
+    first_rows: tuple[float, int] | None = None,
+) -> dict:
+    """Counts over everything written so far; with `wall_s`, this run's rate. `first_rows` = (seconds until the
+    first rows arrived, how many): the rate after that point excludes start-up (actors, model loading)."""
     t = read_results(output, ["uri", "status", "error_type", "predicted_class", "flagged"]).to_pandas()
     dup = int(t["uri"].duplicated().sum())
     ok = t[t["status"] == "ok"]
@@ -79,6 +87,9 @@ def summarize(output: str, wall_s: float | None = None, new_rows: int = 0, n_inp
                 "images_per_s": round(new_rows / wall_s, 2) if wall_s > 0 else None,
             }
         )
+        if first_rows is not None and wall_s > first_rows[0]:
+            summary["startup_s"] = round(first_rows[0], 1)
+            summary["steady_images_per_s"] = round((new_rows - first_rows[1]) / (wall_s - first_rows[0]), 2)
     return summary
 
 
@@ -116,7 +127,7 @@ def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
         **remote,
         fn_kwargs={
             "work_size": work,
-            "thumb_size": cfg.thumbnail_size,
+            "thumb_size": cfg.thumbnail_size if cfg.thumbnails != "none" else 0,
             "max_pixels": cfg.max_pixels,
             "gpu_decode": cfg.gpu_decode,
         },
@@ -185,6 +196,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
     writer = PartWriter(cfg.output, cfg.rows_per_part)
     t0 = time.time()
+    first: tuple[float, int] | None = None
     interrupted = False
     if len(todo):
         _prepare_onnx(cfg)
@@ -200,13 +212,15 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
                 table = to_table(batch)
                 writer.add(table)
                 bar.update(table.num_rows)
+                if first is None:
+                    first = (time.time() - t0, table.num_rows)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             writer.flush()
             bar.close()
     wall = time.time() - t0
-    summary = summarize(cfg.output, wall, writer.written, len(inputs))
+    summary = summarize(cfg.output, wall, writer.written, len(inputs), first)
     summary.update(
         {
             "input": cfg.input,
@@ -234,3 +248,5 @@ def print_summary(s: dict) -> None:
             f"[screen] this run: {s['this_run_rows']} images in {s['this_run_wall_s']} s "
             f"({s['images_per_s']} img/s) -> {s['output']}"
         )
+    if s.get("steady_images_per_s") is not None:
+        print(f"[screen] first rows after {s['startup_s']} s (start-up), then {s['steady_images_per_s']} img/s")

@@ -49,14 +49,15 @@ def gpu_decode_jpegs(datas: list[bytes], size: int) -> list[np.ndarray | None]:
 
 def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, gpu_decode: bool = False) -> dict:
     """Read bytes, hash, decode (JPEG draft mode to `work_size`, or nvJPEG on the GPU), resize; failures become
-    error rows. GPU decoding skips EXIF orientation and the pixel limit check only for files it decodes itself."""
+    error rows. `thumb_size` 0: no thumbnails. GPU decoding skips EXIF orientation and the pixel limit check only
+    for files it decodes itself."""
     from skinscan.storage import read_bytes
 
     uris = list(batch["uri"])
     n = len(uris)
     t0 = time.perf_counter()
     work = np.zeros((n, work_size, work_size, 3), np.uint8)
-    thumb = np.zeros((n, thumb_size, thumb_size, 3), np.uint8)
+    thumb = np.zeros((n, thumb_size, thumb_size, 3), np.uint8) if thumb_size else None
     sha, status, etype, emsg = [None] * n, ["ok"] * n, [None] * n, [None] * n
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
     datas: list = [None] * n
@@ -79,13 +80,15 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
             sha[i] = hashlib.sha256(data).hexdigest()
             if gpu[i] is not None:
                 work[i] = gpu[i]
-                thumb[i] = resize_square(Image.fromarray(gpu[i]), thumb_size)
+                if thumb is not None:
+                    thumb[i] = resize_square(Image.fromarray(gpu[i]), thumb_size)
                 width[i] = height[i] = 0  # unknown without a header parse; the CPU path records it
                 continue
             im = decode_image(data, uri, max_pixels=max_pixels, draft_size=work_size)
             width[i], height[i] = im.info.get("original_size", im.size)
             work[i] = resize_square(im, work_size)
-            thumb[i] = resize_square(im, thumb_size)
+            if thumb is not None:
+                thumb[i] = resize_square(im, thumb_size)
         except ImageDecodeError as err:
             status[i], etype[i], emsg[i] = "error", err.kind, str(err)
         except FileNotFoundError:
@@ -93,7 +96,7 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
         except Exception as err:  # noqa: BLE001 - any read failure is recorded in the row, never fatal
             status[i], etype[i], emsg[i] = "error", "read_error", f"{uri}: {type(err).__name__}: {err}"
     dt = (time.perf_counter() - t0) * 1000 / max(1, n)
-    return {
+    out = {
         "image_id": _obj(batch["image_id"]),
         "uri": _obj(uris),
         "sha256": _obj(sha),
@@ -103,9 +106,11 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
         "width": width,
         "height": height,
         "work": work,
-        "thumb": thumb,
         "t_decode_ms": np.full(n, dt, np.float32),
     }
+    if thumb is not None:
+        out["thumb"] = thumb
+    return out
 
 
 def mask_stats(mask: np.ndarray) -> tuple[float, tuple[float, float, float, float] | None]:
