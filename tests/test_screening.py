@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from skinscan.config import ScreenConfig, validate
-from skinscan.screening.pipeline import screen
+from skinscan.screening.pipeline import screen, steady_rate
 from skinscan.screening.writer import read_results
 
 pytestmark = pytest.mark.slow
@@ -326,3 +326,10 @@ def test_screen_archive_on_s3(s3_server, screen_bundles, synth_zip, tmp_path, mo
     assert summary["rows"] == 120 and summary["ok"] == 120
     t = read_results(str(tmp_path / "o"), ["uri"]).to_pandas()
     assert t["uri"].str.endswith("::s3://skinscan-test/archive/synth.zip").all()
+
+
+def test_steady_rate_skips_start_up_and_the_first_burst():
+    # 10 s of start-up, then a burst of 40 queued rows, then 10 rows/s
+    arrivals = [(10.0, 20), (10.1, 40)] + [(10.1 + k, 40 + 10 * k) for k in range(1, 37)]
+    assert steady_rate(arrivals) == pytest.approx(10.0)
+    assert steady_rate(arrivals[:2]) is None  # too few batches to tell

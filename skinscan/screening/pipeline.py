@@ -61,10 +61,11 @@ def summarize(
     wall_s: float | None = None,
     new_rows: int = 0,
     n_inputs: int | None = None,
-    first_rows: tuple[float, int] | None = None,
+    arrivals: list[tuple[float, int]] | None = None,
 ) -> dict:
-    """Counts over everything written so far; with `wall_s`, this run's rate. `first_rows` = (seconds until the
-    first rows arrived, how many): the rate after that point excludes start-up (actors, model loading)."""
+    """Counts over everything written so far; with `wall_s`, this run's rate. `arrivals`: (seconds since start,
+    rows so far) per batch received; gives the start-up time (until the first rows) and the steady rate (over the
+    rows after the first 10%, so neither start-up nor the first burst of already-queued work counts)."""
     t = read_results(output, ["uri", "status", "error_type", "predicted_class", "flagged"]).to_pandas()
     dup = int(t["uri"].duplicated().sum())
     ok = t[t["status"] == "ok"]
@@ -87,10 +88,20 @@ def summarize(
                 "images_per_s": round(new_rows / wall_s, 2) if wall_s > 0 else None,
             }
         )
-        if first_rows is not None and wall_s > first_rows[0]:
-            summary["startup_s"] = round(first_rows[0], 1)
-            summary["steady_images_per_s"] = round((new_rows - first_rows[1]) / (wall_s - first_rows[0]), 2)
+        if arrivals:
+            summary["startup_s"] = round(arrivals[0][0], 1)
+            summary["steady_images_per_s"] = steady_rate(arrivals)
     return summary
+
+
+def steady_rate(arrivals: list[tuple[float, int]], skip: float = 0.1) -> float | None:
+    """Rows per second after the first `skip` share of the rows; None when too few batches arrived after it."""
+    total = arrivals[-1][1]
+    k = next(i for i, (_, rows) in enumerate(arrivals) if rows >= max(arrivals[0][1], skip * total))
+    (t_a, r_a), (t_b, r_b) = arrivals[k], arrivals[-1]
+    if len(arrivals) - k < 3 or t_b <= t_a:
+        return None
+    return round((r_b - r_a) / (t_b - t_a), 2)
 
 
 STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "AZURE_STORAGE_")
@@ -105,7 +116,6 @@ def storage_env() -> dict[str, str]:
 
 def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
     """The Ray Data pipeline over the inputs still to do (lazy; nothing runs until iterated)."""
-    import numpy as np
     import ray
 
     from skinscan.bundle import read_card
@@ -115,8 +125,8 @@ def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
     seg_size = read_card(cfg.segmenter)["input_size"] if cfg.segmenter else 0
     work = max(cls_size, seg_size) * (2 if cfg.crop_to_lesion else 1)
     n_blocks = max(1, math.ceil(len(todo) / cfg.decode.batch_size))
-    bounds = np.linspace(0, len(todo), n_blocks + 1).astype(int)
-    ds = ray.data.from_pandas([todo.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+    # from_items builds the blocks on the driver; from_pandas would run one Ray task per block before starting
+    ds = ray.data.from_items(todo[["image_id", "uri"]].to_dict("records"), override_num_blocks=n_blocks)
     env = storage_env()
     remote = {"runtime_env": {"env_vars": env}} if env else {}
     ds = ds.map_batches(
@@ -196,7 +206,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
     writer = PartWriter(cfg.output, cfg.rows_per_part)
     t0 = time.time()
-    first: tuple[float, int] | None = None
+    arrivals: list[tuple[float, int]] = []  # (seconds since t0, rows received so far)
     interrupted = False
     if len(todo):
         _prepare_onnx(cfg)
@@ -212,15 +222,14 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
                 table = to_table(batch)
                 writer.add(table)
                 bar.update(table.num_rows)
-                if first is None:
-                    first = (time.time() - t0, table.num_rows)
+                arrivals.append((time.time() - t0, table.num_rows + (arrivals[-1][1] if arrivals else 0)))
         except KeyboardInterrupt:
             interrupted = True
         finally:
             writer.flush()
             bar.close()
     wall = time.time() - t0
-    summary = summarize(cfg.output, wall, writer.written, len(inputs), first)
+    summary = summarize(cfg.output, wall, writer.written, len(inputs), arrivals)
     summary.update(
         {
             "input": cfg.input,
@@ -248,5 +257,9 @@ def print_summary(s: dict) -> None:
             f"[screen] this run: {s['this_run_rows']} images in {s['this_run_wall_s']} s "
             f"({s['images_per_s']} img/s) -> {s['output']}"
         )
-    if s.get("steady_images_per_s") is not None:
-        print(f"[screen] first rows after {s['startup_s']} s (start-up), then {s['steady_images_per_s']} img/s")
+    if s.get("startup_s") is not None:
+        steady = s.get("steady_images_per_s")
+        print(
+            f"[screen] first rows after {s['startup_s']} s (start-up)"
+            + (f"; steady rate {steady} img/s (after the first 10% of rows)" if steady else "")
+        )
