@@ -4,7 +4,7 @@
 (c) the Ray Data pipeline with explain=none, (d) explain=all with the fast path; and peak memory of the pipeline
 (all Ray processes + driver) for an archive and for 10x that archive (tiny model, so 10x stays quick).
 Pipeline rates are given at steady state (rows after the first 10%, as (b) is timed warm) and end to end
-(listing to last row written, Ray actor start-up and model loading included); ratios are printed for both.
+(after listing, to the last row written: Ray actor start-up and model loading included); ratios for both.
 """
 
 from __future__ import annotations
