@@ -129,10 +129,8 @@ def run(workdir: str = "runs/bench", n: int = 1500, mem_n: int = 200, out: str |
         mem[f"{mult}x"] = {"images": mem_n * mult, "peak_rss_mb": round(pm.peak / 2**20), **r}
         print(f"peak memory {mult:2d}x ({mem_n * mult} images): {mem[f'{mult}x']['peak_rss_mb']} MB", flush=True)
     res["memory"] = mem
-    (a, b), rc, rd = (
-        (res["a_naive_torch_gradcam"], res["b_bare_onnxruntime"]),
-        *(res[k] for k in ("c_pipeline_explain_none", "d_pipeline_explain_all_fast")),
-    )
+    a, b = res["a_naive_torch_gradcam"], res["b_bare_onnxruntime"]
+    rc, rd = res["c_pipeline_explain_none"], res["d_pipeline_explain_all_fast"]
     ratios = {
         f"{mode}_{name}": round(num / den, 2)
         for mode in ("steady_state", "end_to_end")
