@@ -72,6 +72,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # validate and ship an EMA of the weights (warmed-up decay)
     oversample: bool = True
     metric: Literal["balanced_accuracy", "accuracy", "macro_f1", "loss", "dice", "iou"] = "balanced_accuracy"
     num_workers: int = Field(1, ge=1)

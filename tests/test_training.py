@@ -46,6 +46,20 @@ def test_two_workers_learn_synthetic_data(trained):
     assert (trained / "train_manifest.parquet").exists() and (trained / "config.yaml").exists()
 
 
+def test_bundle_ships_the_ema_weights_of_the_best_checkpoint(trained):
+    card = json.loads((trained / "model_card.json").read_text())
+    assert card["training_config"]["ema_decay"] == 0.99
+    run_dir = Path(card["ray_run"]["storage_path"]) / card["ray_run"]["name"]
+    states = [torch.load(p, map_location="cpu", weights_only=True) for p in run_dir.glob("checkpoint_*/state.pt")]
+    best = [s for s in states if s["epoch"] == card["best_epoch"]]
+    assert best, f"best checkpoint (epoch {card['best_epoch']}) not kept in {run_dir}"
+    model, _ = load_bundle(trained)
+    shipped = model.state_dict()
+    ema, raw = best[0]["ema"], best[0]["model"]
+    assert all(torch.equal(shipped[k], ema[k]) for k in shipped)
+    assert not all(torch.equal(ema[k], raw[k]) for k in ema), "EMA weights equal the raw weights: no averaging"
+
+
 def test_workers_draw_balanced_classes(trained):
     history = json.loads((trained / "history.json").read_text())
     drawn = history[0]["drawn_per_worker"]

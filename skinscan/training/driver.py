@@ -179,7 +179,8 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
         history = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)["history"]
 
     model = create_model(cfg.model, num_classes=len(classes) or 1)
-    model.load_state_dict(best_state["model"])
+    ema_weights = best_state.get("ema")  # the weights validation scored when the run kept an EMA
+    model.load_state_dict(ema_weights if ema_weights is not None else best_state["model"])
     best_metrics = {k: v for k, v in best_state["history"][-1].items() if k != "drawn_per_worker"}
     card = {
         "task": cfg.task,
