@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skinscan.errors import ConfigError
 
@@ -57,6 +57,15 @@ class AugmentConfig(Section):
     rotate: bool = True  # right-angle rotations plus small random angles
     color_jitter: float = Field(0.1, ge=0, le=1)
     scale_min: float = Field(0.6, gt=0, le=1)  # random resized crop area range [scale_min, 1]
+    # Batch mixing (classification only, timm's Mixup): mixup / CutMix with Beta(alpha, alpha) weights, applied to
+    # a batch with probability mix_prob (switching between the two when both are on). 0 turns one off.
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    mix_prob: float = Field(1.0, ge=0, le=1)
+
+    @property
+    def mixing(self) -> bool:
+        return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
 class TrainConfig(Section):
@@ -88,6 +97,14 @@ class TrainConfig(Section):
     name: str = "train"
     seed: int = 0
     cache_images: bool = True  # decode once per worker, keep resized uint8 arrays in memory
+
+    @model_validator(mode="after")
+    def _mixing_fits(self) -> TrainConfig:
+        if self.augment.mixing and self.task != "classify":
+            raise ValueError("augment.mixup_alpha / cutmix_alpha mix class labels: set them to 0 for task: segment")
+        if self.augment.mixing and self.batch_size % 2:
+            raise ValueError(f"mixing pairs the images of a batch: batch_size must be even, not {self.batch_size}")
+        return self
 
 
 # ---------------------------------------------------------------- synthetic data
@@ -190,7 +207,7 @@ def _merge(base: dict, extra: dict) -> dict:
 def format_validation_error(err: ValidationError) -> str:
     errs = err.errors()
     e = errs[0]
-    key = ".".join(str(p) for p in e["loc"]) or "<root>"
+    key = ".".join(str(p) for p in e["loc"])
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -199,6 +216,8 @@ def format_validation_error(err: ValidationError) -> str:
     got = e.get("input")
     got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
     more = f" [+{len(errs) - 1} more]" if len(errs) > 1 else ""
+    if not e["loc"]:  # a check across keys: its message names them
+        return f"config: {msg.removeprefix('Value error, ')}{more}"
     return f"config key {key}: {msg}{got_s}{more}"
 
 

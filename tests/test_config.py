@@ -20,11 +20,13 @@ def test_overrides_apply_and_nest(tmp_path):
         ("colour=red", "config key colour: unknown key"),
         ("model.img_size=abc", "config key model.img_size:"),
         ("epochs", "expected key=value"),
+        ("augment.cutmix_alpha=1,task=segment", "config: augment.mixup_alpha / cutmix_alpha mix class labels"),
+        ("augment.mixup_alpha=0.2,batch_size=7", "config: mixing pairs the images of a batch: batch_size must be even"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, fragment):
     with pytest.raises(ConfigError) as info:
-        load_config(TrainConfig, None, [override])
+        load_config(TrainConfig, None, override.split(","))
     msg = str(info.value)
     assert fragment in msg and "\n" not in msg
 

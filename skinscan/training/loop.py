@@ -76,6 +76,30 @@ def make_ema(model: nn.Module, decay: float | None):
     return ModelEmaV3(model, decay=decay, use_warmup=True, warmup_power=0.75)
 
 
+def make_mixer(cfg: TrainConfig, num_classes: int):
+    """`(x, y) -> (x, soft targets)` with timm's Mixup/CutMix (label smoothing folded in), or None when off."""
+    if not cfg.augment.mixing:
+        return None
+    from timm.data import Mixup
+    from timm.data.mixup import mixup_target
+
+    a = cfg.augment
+    mixup = Mixup(
+        mixup_alpha=a.mixup_alpha,
+        cutmix_alpha=a.cutmix_alpha,
+        prob=a.mix_prob,
+        label_smoothing=cfg.label_smoothing,
+        num_classes=num_classes,
+    )
+
+    def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(x) % 2:  # timm mixes pairs: an odd (last) batch is only smoothed
+            return x, mixup_target(y, num_classes, 1.0, cfg.label_smoothing)
+        return mixup(x, y)
+
+    return mix
+
+
 def _gather(obj):
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
@@ -162,7 +186,8 @@ def train_loop(config: dict) -> None:
     use_amp = cfg.amp and bf16_autocast_supported(device)
     if rank == 0:
         print(f"[train] {device.type}, {'bf16 autocast' if use_amp else 'fp32'}, {memory_format}", flush=True)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mixer = None if segment else make_mixer(cfg, len(classes))
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if mixer else cfg.label_smoothing)  # mixer smooths targets
 
     start_epoch, history, best = 0, [], None
     ckpt = ray.train.get_checkpoint()
@@ -187,13 +212,16 @@ def train_loop(config: dict) -> None:
         drawn: Counter = Counter()
         loss_sum, n_seen = 0.0, 0
         for x, y in loader:
+            if not segment:
+                drawn.update(y.tolist())
+            x, target = mixer(x, y) if mixer else (x, y)
             x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(x)
                 if segment:
                     loss = nn.functional.binary_cross_entropy_with_logits(out, y) + _dice_loss(out, y)
                 else:
-                    loss = criterion(out, y)
+                    loss = criterion(out.float(), target)  # class indices or mixed soft targets
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -202,8 +230,6 @@ def train_loop(config: dict) -> None:
                 ema.update(unwrapped, step=sched.last_epoch)
             loss_sum += float(loss.detach()) * len(x)
             n_seen += len(x)
-            if not segment:
-                drawn.update(y.tolist())
         train_time = time.time() - t0
 
         eval_model.eval()
