@@ -15,10 +15,11 @@ def run(cfg: dict) -> dict:
     from skinscan.bundle import read_card
     from skinscan.evaluation.run import evaluate
 
+    split = cfg.get("split")
+    out = cfg.get("output") or str(Path(cfg["model"]) / ("evaluation" + (f"-{split}" if split else "")))
     if read_card(cfg["model"]).get("task") == "segment":
         from skinscan.evaluation.segmentation import evaluate_segmenter
 
-        out = cfg.get("output") or str(Path(cfg["model"]) / f"evaluation-{cfg.get('split') or 'all'}")
         r = evaluate_segmenter(cfg["model"], cfg["data"], out, cfg.get("split"), cfg.get("backend", "onnxruntime"))
         print(
             f"segmenter on {r['n']} images ({cfg.get('split') or 'all'}): Dice {r['dice']:.4f} "
@@ -27,7 +28,6 @@ def run(cfg: dict) -> dict:
         print(f"-> {out}/segmentation.json")
         return r
 
-    out = cfg.get("output") or str(Path(cfg["model"]) / f"evaluation{'-' + cfg['split'] if cfg.get('split') else ''}")
     r = evaluate(
         cfg["model"],
         cfg["data"],
@@ -46,6 +46,12 @@ def run(cfg: dict) -> dict:
         f"oversampled n={over['n']:5d} acc {over['accuracy']:.4f} bal-acc {over['balanced_accuracy']:.4f} "
         f"macro-F1 {over['macro_avg']['f1']:.4f}  (repeats images; not a real-world estimate)"
     )
+    if r.get("ham10000_classes"):
+        h = r["ham10000_classes"]
+        print(
+            f"HAM10000 7 classes (akiec = AK + SCC): acc {h['accuracy']:.4f} bal-acc {h['balanced_accuracy']:.4f} "
+            f"macro-F1 {h['macro_f1']:.4f}"
+        )
     if r.get("isic_official"):
         print(
             f"official ISIC scorer balanced accuracy {r['isic_official']['balanced_accuracy']:.6f} "

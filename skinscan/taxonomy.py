@@ -21,6 +21,11 @@ HAM_DX_TO_ISIC: dict[str, str | None] = {
     "akiec": None,  # AK or SCC: decided by the ISIC 2019 ground truth when available
 }
 
+ISIC_TO_HAM_DX: dict[str, str] = {"AK": "akiec", "SCC": "akiec"} | {
+    isic: dx for dx, isic in HAM_DX_TO_ISIC.items() if isic is not None
+}
+"""ISIC 2019 class -> HAM10000 `dx` code: the seven HAM10000 classes, with AK and SCC merged into `akiec`."""
+
 CLASS_DESCRIPTIONS: dict[str, str] = {
     "MEL": "melanoma",
     "NV": "melanocytic nevus",
@@ -50,3 +55,20 @@ def ham_dx_to_isic(dx: str, isic_label: str | None = None) -> str:
     if isic_label in ("AK", "SCC"):
         return isic_label
     return "AK"
+
+
+def merge_to_ham(probs, classes: list[str]):
+    """Class probabilities over ISIC 2019 classes -> over HAM10000 `dx` codes (AK + SCC summed into `akiec`).
+
+    Returns (probabilities, dx codes in first-seen order, index of each input class in them), or None when some
+    class has no HAM10000 counterpart (UNK, or a class name outside ISIC 2019).
+    """
+    import numpy as np
+
+    if not all(c in ISIC_TO_HAM_DX for c in classes):
+        return None
+    dx = list(dict.fromkeys(ISIC_TO_HAM_DX[c] for c in classes))
+    index = np.array([dx.index(ISIC_TO_HAM_DX[c]) for c in classes])
+    merged = np.zeros((len(probs), len(dx)), dtype=np.float64)
+    np.add.at(merged.T, index, np.asarray(probs, dtype=np.float64).T)
+    return merged, dx, index

@@ -37,6 +37,35 @@ def test_metrics_equal_sklearn():
     assert np.array(m["confusion_matrix"]).sum() == len(y)
 
 
+def test_ham10000_view_merges_ak_and_scc_into_akiec():
+    from skinscan.evaluation.run import ham10000_view
+
+    y, p = _fixed(seed=1)
+    ak, scc = CLASSES.index("AK"), CLASSES.index("SCC")
+    p[y == ak, scc] += 5.0  # every AK is called SCC: wrong in ISIC 2019 terms, right in HAM10000's
+    h = ham10000_view(y, p, CLASSES)
+    dx = ["mel", "nv", "bcc", "akiec", "bkl", "df", "vasc"]
+    assert h["classes"] == dx
+    to_dx = np.array([dx.index(d) for d in ["mel", "nv", "bcc", "akiec", "bkl", "df", "vasc", "akiec"]])
+    p7 = np.zeros((len(y), 7))
+    for i in range(8):
+        p7[:, to_dx[i]] += p[:, i]
+    y7, pred7 = to_dx[y], p7.argmax(1)
+    assert h["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y7, pred7), abs=1e-12)
+    assert h["macro_f1"] == pytest.approx(f1_score(y7, pred7, average="macro"), abs=1e-12)
+    assert h["per_class"]["akiec"]["support"] == int(((y == ak) | (y == scc)).sum())
+    assert h["per_class"]["akiec"]["recall"] > evaluate_probs(y, p, CLASSES)["per_class"]["AK"]["recall"]
+    assert h["majority_baseline"]["balanced_accuracy"] == pytest.approx(1 / 7)
+
+
+@pytest.mark.parametrize("classes", [["MEL", "NV", "BCC", "BKL"], ["MEL", "NV", "AK", "SCC", "UNK"]])
+def test_no_ham10000_view_when_there_is_nothing_to_merge_or_no_counterpart(classes):
+    from skinscan.evaluation.run import ham10000_view
+
+    y = np.arange(20) % len(classes)
+    assert ham10000_view(y, np.eye(len(classes))[y], classes) is None
+
+
 def test_isic_balanced_accuracy_equals_official_scorer(tmp_path):
     pytest.importorskip("isic_challenge_scoring", reason="official scorer not installed (pip install '.[scoring]')")
     y, p = _fixed(seed=3)

@@ -17,6 +17,7 @@ from skinscan.errors import DataError, ImageDecodeError, LeakageError
 from skinscan.manifest import build_manifest
 from skinscan.sampling import oversample_indices
 from skinscan.splits import overlap_mask
+from skinscan.taxonomy import merge_to_ham
 
 OVERSAMPLED_NOTE = (
     "The oversampled pass repeats minority-class images (random duplication up to the largest class, "
@@ -181,6 +182,9 @@ def evaluate(
         },
         "isic_official": official,
     }
+    ham = ham10000_view(y, probs, classes)
+    if ham is not None:
+        result["ham10000_classes"] = ham
     if official is not None:
         result["isic_official_matches"] = abs(official["balanced_accuracy"] - raw["isic_balanced_accuracy"]) <= 1e-9
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
@@ -190,6 +194,45 @@ def evaluate(
     plot_reliability(raw["reliability"], raw["ece"], out / "reliability.png")
     (out / "evaluation.md").write_text(render_markdown(result))
     return result
+
+
+def ham10000_view(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict | None:
+    """Raw-distribution metrics in HAM10000's seven `dx` classes (AK + SCC = `akiec`), the taxonomy of HAM10000
+    results in the literature; None unless the model has both AK and SCC (nothing to merge) and no other class."""
+    from skinscan.evaluation.metrics import balanced_accuracy, classification_report
+
+    merged = merge_to_ham(probs, classes)
+    if merged is None or len(merged[1]) == len(classes):
+        return None
+    probs7, dx, index = merged
+    y7, pred7 = index[y], probs7.argmax(1)
+    report = classification_report(y7, pred7, dx)
+    return {
+        "note": "AK and SCC probabilities summed into akiec, truths merged likewise (HAM10000 dx codes)",
+        "classes": dx,
+        "n": int(len(y7)),
+        "accuracy": report["accuracy"],
+        "balanced_accuracy": balanced_accuracy(y7, pred7),
+        "macro_f1": report["macro_avg"]["f1"],
+        "per_class": report["per_class"],
+        "majority_baseline": {
+            "accuracy": float(np.bincount(y7).max() / len(y7)),
+            "balanced_accuracy": 1.0 / len(np.unique(y7)),
+        },
+    }
+
+
+def _ham_md(r: dict) -> str:
+    h = r.get("ham10000_classes")
+    if not h:
+        return ""
+    per = ", ".join(f"{c} {v['recall']:.2f}" for c, v in h["per_class"].items())
+    return (
+        f"\nIn HAM10000's seven classes ({h['note']}): accuracy {h['accuracy']:.4f}, balanced accuracy "
+        f"{h['balanced_accuracy']:.4f}, macro F1 {h['macro_f1']:.4f} (majority class: "
+        f"{h['majority_baseline']['accuracy']:.4f} / {h['majority_baseline']['balanced_accuracy']:.4f}); "
+        f"recall per class: {per}.\n"
+    )
 
 
 def render_markdown(r: dict) -> str:
@@ -221,7 +264,7 @@ Leakage check against the training manifest: {leak_line}.
 | ECE | {raw["ece"]:.4f} | {over["ece"]:.4f} |
 
 Majority-class baseline (raw): accuracy {r["majority_baseline"]["accuracy"]:.4f}, balanced accuracy
-{r["majority_baseline"]["balanced_accuracy"]:.4f}.
+{r["majority_baseline"]["balanced_accuracy"]:.4f}.{_ham_md(r)}
 Official ISIC scorer: {official_line}.
 Melanoma sensitivity at 80% / 90% specificity: {fmt(mel.get("0.80"))} / {fmt(mel.get("0.90"))}.
 AUC (one vs rest): {auc}.
