@@ -9,6 +9,7 @@ worker failure Ray restarts the group and the loop resumes from the latest check
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -124,9 +125,20 @@ def _failure_hook(epoch: int) -> None:
         raise RuntimeError(f"injected failure after epoch {epoch} (test hook {FAIL_ENV})")
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train V2 logs every report (the whole metrics dict) per worker at INFO; the epoch printer says it once."""
+    try:
+        from ray.train.v2._internal.execution import context  # its logger is named after the file
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
+
+    _quiet_ray_train_reports()
 
     cfg = TrainConfig.model_validate(config["cfg"])
     segment = cfg.task == "segment"
