@@ -228,7 +228,7 @@ def _ham_md(r: dict) -> str:
         return ""
     per = ", ".join(f"{c} {v['recall']:.2f}" for c, v in h["per_class"].items())
     return (
-        f"\nIn HAM10000's seven dx classes (AK + SCC probabilities summed into akiec): accuracy {h['accuracy']:.4f}, "
+        f"\n\nIn HAM10000's seven dx classes (AK + SCC probabilities summed into akiec): accuracy {h['accuracy']:.4f}, "
         f"balanced accuracy {h['balanced_accuracy']:.4f}, macro F1 {h['macro_f1']:.4f} (majority class: "
         f"{h['majority_baseline']['accuracy']:.4f} / {h['majority_baseline']['balanced_accuracy']:.4f}); "
         f"recall per class: {per}.\n"
