@@ -20,9 +20,9 @@ def run(cfg: dict) -> dict:
     if read_card(cfg["model"]).get("task") == "segment":
         from skinscan.evaluation.segmentation import evaluate_segmenter
 
-        r = evaluate_segmenter(cfg["model"], cfg["data"], out, cfg.get("split"), cfg.get("backend", "onnxruntime"))
+        r = evaluate_segmenter(cfg["model"], cfg["data"], out, split, cfg.get("backend", "onnxruntime"))
         print(
-            f"segmenter on {r['n']} images ({cfg.get('split') or 'all'}): Dice {r['dice']:.4f} "
+            f"segmenter on {r['n']} images ({split or 'all'}): Dice {r['dice']:.4f} "
             f"(median {r['dice_median']:.4f}), Jaccard {r['iou']:.4f}; leakage {r['leakage'].get('overlapping')}"
         )
         print(f"-> {out}/segmentation.json")
@@ -32,7 +32,7 @@ def run(cfg: dict) -> dict:
         cfg["model"],
         cfg["data"],
         out,
-        cfg.get("split"),
+        split,
         cfg.get("allow_overlap", False),
         cfg.get("backend", "onnxruntime"),
     )

@@ -69,6 +69,4 @@ def merge_to_ham(probs, classes: list[str]):
         return None
     dx = list(dict.fromkeys(ISIC_TO_HAM_DX[c] for c in classes))
     index = np.array([dx.index(ISIC_TO_HAM_DX[c]) for c in classes])
-    merged = np.zeros((len(probs), len(dx)), dtype=np.float64)
-    np.add.at(merged.T, index, np.asarray(probs, dtype=np.float64).T)
-    return merged, dx, index
+    return np.asarray(probs, dtype=np.float64) @ np.eye(len(dx))[index], dx, index
