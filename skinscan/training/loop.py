@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -134,6 +135,12 @@ def _quiet_ray_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _say(message: str) -> None:
+    """One line to the driver log. Not `print`: Ray Train patches it to log and echo, so lines showed up twice."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 def train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -197,7 +204,7 @@ def train_loop(config: dict) -> None:
     )
     use_amp = cfg.amp and bf16_autocast_supported(device)
     if rank == 0:
-        print(f"[train] {device.type}, {'bf16 autocast' if use_amp else 'fp32'}, {memory_format}", flush=True)
+        _say(f"[train] {device.type}, {'bf16 autocast' if use_amp else 'fp32'}, {memory_format}")
     mixer = None if segment else make_mixer(cfg, len(classes))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if mixer else cfg.label_smoothing)  # mixer smooths targets
 
@@ -213,7 +220,7 @@ def train_loop(config: dict) -> None:
         sched.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         if rank == 0:
-            print(f"[train] resumed from checkpoint after epoch {state['epoch']}", flush=True)
+            _say(f"[train] resumed from checkpoint after epoch {state['epoch']}")
 
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
@@ -314,5 +321,5 @@ def train_loop(config: dict) -> None:
                 dist.all_reduce(stop, op=dist.ReduceOp.MAX)
             if stop.item() and epoch + 1 < cfg.epochs:
                 if rank == 0:
-                    print(f"[train] time budget {cfg.time_budget_min} min reached after epoch {epoch}", flush=True)
+                    _say(f"[train] time budget {cfg.time_budget_min} min reached after epoch {epoch}")
                 break
