@@ -157,3 +157,35 @@ def test_gradcam_energy_concentrates_in_the_lesion(trained, train_synth):
     rep = localization_check(trained, df["uri"].tolist(), [mask_uri_for(u) for u in df["uri"]], "fast")
     print(f"\nGrad-CAM energy in lesion {rep['energy_in_lesion']:.3f} vs lesion area {rep['lesion_area']:.3f}")
     assert rep["n"] == len(df) and rep["energy_in_lesion"] > rep["lesion_area"], rep
+
+
+def test_ctrl_c_is_a_clean_interruption(train_synth, tmp_path):
+    """Ray Train's SIGINT handler exits from inside fit(): the CLI must say so and exit 130, not fail silently."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "skinscan.cli", "train", "--config", str(ROOT / "configs/train/tiny.yaml")]
+    for k, v in {
+        "data.source": train_synth,
+        "storage_path": tmp_path / "ray",
+        "output": tmp_path / "b",
+        "epochs": 50,
+    }.items():
+        args += ["--set", f"{k}={v}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:  # wait for the first finished epoch, so the run is really under way
+        lines.append(line)
+        if "[train] epoch 1/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    text = "".join(lines) + out
+    assert proc.returncode == 130, text[-2000:]
+    assert "interrupted, no bundle written; checkpoints:" in text
+    assert "skinscan: interrupted" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "b" / "model.safetensors").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -140,6 +141,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
 
     worker_env = {**storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_uri = cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -156,7 +158,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=[epoch_printer(cfg.epochs)],
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
-            storage_path=str(Path(cfg.storage_path).resolve()) if "://" not in cfg.storage_path else cfg.storage_path,
+            storage_path=storage_uri,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order="max" if higher else "min"
@@ -169,6 +171,9 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     except ray.train.TrainingFailedError as err:
         first = str(err).strip().splitlines()
         raise SkinScanError(f"training failed: {first[-1] if first else err}") from None
+    except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then exits from inside fit()
+        print(f"[train] interrupted, no bundle written; checkpoints: {storage_uri}/{run_name}", file=sys.stderr)
+        raise KeyboardInterrupt from None
     wall = time.time() - t0
     best_ckpt = result.get_best_checkpoint(cfg.metric, "max" if higher else "min")
     if best_ckpt is None:
