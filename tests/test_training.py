@@ -187,5 +187,6 @@ def test_ctrl_c_is_a_clean_interruption(train_synth, tmp_path):
     assert proc.returncode == 130, text[-2000:]
     assert "interrupted, no bundle written; checkpoints:" in text
     assert "skinscan: interrupted" in text
-    assert "Traceback" not in text
+    # our own process prints no traceback (Ray's actors may log theirs, prefixed "(ActorName pid=...)", on shutdown)
+    assert not any(line.startswith("Traceback") for line in text.splitlines())
     assert not (tmp_path / "b" / "model.safetensors").exists()
