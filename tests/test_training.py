@@ -14,10 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _cfg(tmp_path, synth_source, **over):
+def _overrides(tmp_path, synth_source, **over) -> list[str]:
     overrides = [f"data.source={synth_source}", f"storage_path={tmp_path / 'ray'}", f"output={tmp_path / 'bundle'}"]
-    overrides += [f"{k}={v}" for k, v in over.items()]
-    return load_config(TrainConfig, ROOT / "configs/train/tiny.yaml", overrides)
+    return overrides + [f"{k}={v}" for k, v in over.items()]
+
+
+def _cfg(tmp_path, synth_source, **over):
+    return load_config(TrainConfig, ROOT / "configs/train/tiny.yaml", _overrides(tmp_path, synth_source, **over))
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +170,8 @@ def test_ctrl_c_is_a_clean_interruption(train_synth, tmp_path):
     import time
 
     args = [sys.executable, "-m", "skinscan.cli", "train", "--config", str(ROOT / "configs/train/tiny.yaml")]
-    for k, v in {
-        "data.source": train_synth,
-        "storage_path": tmp_path / "ray",
-        "output": tmp_path / "b",
-        "epochs": 50,
-    }.items():
-        args += ["--set", f"{k}={v}"]
+    for item in _overrides(tmp_path, train_synth, epochs=50):
+        args += ["--set", item]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.time() + 240
@@ -189,4 +187,4 @@ def test_ctrl_c_is_a_clean_interruption(train_synth, tmp_path):
     assert "skinscan: interrupted" in text
     # our own process prints no traceback (Ray's actors may log theirs, prefixed "(ActorName pid=...)", on shutdown)
     assert not any(line.startswith("Traceback") for line in text.splitlines())
-    assert not (tmp_path / "b" / "model.safetensors").exists()
+    assert not (tmp_path / "bundle" / "model.safetensors").exists()

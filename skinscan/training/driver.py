@@ -113,6 +113,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     import torch
     from ray.train.torch import TorchTrainer
 
+    from skinscan import storage
     from skinscan.bundle import library_versions, save_bundle
     from skinscan.models import IMAGENET_MEAN, IMAGENET_STD, create_model
     from skinscan.training.loop import HIGHER_IS_BETTER, train_loop
@@ -141,7 +142,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
 
     worker_env = {**storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_uri = cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
+    storage_uri = storage.normalize(cfg.storage_path)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
