@@ -81,6 +81,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    lesion_mask_weight: float = Field(0.0, ge=0)  # classify: auxiliary lesion-mask loss (needs masks/), 0 = off
     ema_decay: float | None = Field(None, gt=0, lt=1)  # validate and ship an EMA of the weights (warmed-up decay)
     oversample: bool = True
     metric: Literal["balanced_accuracy", "accuracy", "macro_f1", "loss", "dice", "iou"] = "balanced_accuracy"
@@ -93,15 +94,18 @@ class TrainConfig(Section):
     max_train_samples_per_epoch: int | None = Field(None, ge=1)  # cap per epoch (all workers), CPU runs
     time_budget_min: float | None = Field(None, gt=0)  # stop starting new epochs after this many minutes
     storage_path: str = "runs/ray"  # Ray Train checkpoints
+    resume: str | None = None  # continue this interrupted run (its name under storage_path) from its last checkpoint
     output: str = "runs/model"  # the model bundle directory
     name: str = "train"
     seed: int = 0
     cache_images: bool = True  # decode once per worker, keep resized uint8 arrays in memory
 
     @model_validator(mode="after")
-    def _mixing_fits(self) -> TrainConfig:
+    def _options_fit(self) -> TrainConfig:
         if self.augment.mixing and self.task != "classify":
             raise ValueError("augment.mixup_alpha / cutmix_alpha mix class labels: set them to 0 for task: segment")
+        if self.lesion_mask_weight and (self.task != "classify" or self.augment.mixing):
+            raise ValueError("lesion_mask_weight is an auxiliary loss of task: classify, without mixup/CutMix")
         if self.augment.mixing and self.batch_size % 2:
             raise ValueError(f"mixing pairs the images of a batch: batch_size must be even, not {self.batch_size}")
         return self

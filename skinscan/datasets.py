@@ -21,7 +21,7 @@ def read_mask(uri: str, size: int) -> np.ndarray:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, label index) or, with `mask_uris`, (image tensor, mask tensor [1,H,W] float).
+    """(image tensor, label index); with `mask_uris`, (image, mask tensor [1,H,W] float) or (image, label, mask).
 
     Images are decoded at `load_size` (JPEG draft mode) on first use and cached, so later epochs only
     augment. `transform` (torchvision v2) runs on uint8 tensors before normalisation.
@@ -60,7 +60,8 @@ class ImageDataset(torch.utils.data.Dataset):
             mask = tv_tensors.Mask(torch.from_numpy(self.mask(i))[None])
             if self.transform is not None:
                 img, mask = self.transform(img, mask)
-            return to_model_input(img.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor).float()
+            x, m = to_model_input(img.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor).float()
+            return (x, m) if self.labels is None else (x, int(self.labels[i]), m)
         if self.transform is not None:
             img = self.transform(img)
         label = -1 if self.labels is None else int(self.labels[i])

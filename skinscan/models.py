@@ -144,3 +144,26 @@ class LogitsAndFeatures(nn.Module):
         if self.swin:
             f = f.permute(0, 3, 1, 2)
         return logits, f
+
+
+class LogitsAndMask(LogitsAndFeatures):
+    """Training-time wrapper: (logits, lesion-mask logits) from a 1x1 convolution on the last feature map.
+
+    The mask loss is dense supervision for the feature map that CAM explanations are read from; only
+    `model` is shipped (see `shipped_state`).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.mask_head = nn.Conv2d(model.num_features, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, f = super().forward(x)
+        return logits, self.mask_head(f)
+
+
+def shipped_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The classifier's own weights from a training state dict (drops a `LogitsAndMask` wrapper's head)."""
+    if not any(k.startswith("mask_head.") for k in state):
+        return state
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}

@@ -88,6 +88,14 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one file or object (folders created as needed); not into archives."""
+    fs, path = fsspec.core.url_to_fs(normalize(uri))
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
 def is_dir(uri: str) -> bool:
     fs, path = fsspec.core.url_to_fs(uri)
     return fs.isdir(path)

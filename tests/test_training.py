@@ -127,6 +127,37 @@ def test_failure_without_retries_is_a_clean_error(ray_local, train_synth, tmp_pa
         run(_cfg(tmp_path, train_synth, max_failures=0, epochs=2))
 
 
+def test_lesion_mask_head_learns_where_the_lesion_is(ray_local, train_synth, tmp_path):
+    """With `lesion_mask_weight`, two workers train the classifier and the training-only mask head together: the
+    head learns the lesion fraction of its cells, and the bundle is the plain classifier, which still learns."""
+    import pandas as pd
+
+    from skinscan.datasets import ImageDataset
+    from skinscan.models import LogitsAndMask, create_model
+    from skinscan.training import run
+
+    cfg = _cfg(tmp_path, train_synth, lesion_mask_weight=1.0, epochs=10)
+    bundle = run(cfg)
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert card["validation_metrics"]["accuracy"] >= 0.5, card["validation_metrics"]  # chance: 0.25
+    model, _ = load_bundle(bundle)  # strict load: no mask head in the shipped weights
+    assert not any("mask_head" in k for k in model.state_dict())
+
+    run_dir = Path(card["ray_run"]["storage_path"]) / card["ray_run"]["name"]
+    last = max(run_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
+    wrapped = LogitsAndMask(create_model(cfg.model, num_classes=len(card["class_names"])))
+    wrapped.load_state_dict(torch.load(last, map_location="cpu", weights_only=True)["ema"])
+    val = pd.read_parquet(bundle / "train_manifest.parquet").query("split == 'val'")
+    ds = ImageDataset(val["uri"], None, 64, None, mask_uris=val["mask_uri"])
+    x, masks = map(torch.stack, zip(*(ds[i] for i in range(len(ds)))))
+    with torch.no_grad():
+        predicted = torch.sigmoid(wrapped.eval()(x)[1])
+    truth = torch.nn.functional.adaptive_avg_pool2d(masks, predicted.shape[-2:])
+    err, constant = (predicted - truth).abs().mean(), (truth - truth.mean()).abs().mean()
+    print(f"\nlesion fraction per cell: mean abs error {err:.3f}, predicting the mean {constant:.3f}")
+    assert err < 0.8 * constant  # 10 tiny epochs; masks' alignment itself: test_lesion_mask.py
+
+
 def test_segmenter_learns_synthetic_masks(ray_local, train_synth, tmp_path):
     from skinscan.training import run
 
@@ -162,15 +193,17 @@ def test_gradcam_energy_concentrates_in_the_lesion(trained, train_synth):
     assert rep["n"] == len(df) and rep["energy_in_lesion"] > rep["lesion_area"], rep
 
 
-def test_ctrl_c_is_a_clean_interruption(train_synth, tmp_path):
-    """Ray Train's SIGINT handler exits from inside fit(): the CLI must say so and exit 130, not fail silently."""
+def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(trained, train_synth, tmp_path):
+    """Ray Train's SIGINT handler exits from inside fit(): the CLI says so, exits 130 and names the run; a second
+    command with `--resume` continues it from its last checkpoint and selects what an uninterrupted run selects."""
+    import re
     import signal
     import subprocess
     import sys
     import time
 
     args = [sys.executable, "-m", "skinscan.cli", "train", "--config", str(ROOT / "configs/train/tiny.yaml")]
-    for item in _overrides(tmp_path, train_synth, epochs=50):
+    for item in _overrides(tmp_path, train_synth):
         args += ["--set", item]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -188,3 +221,22 @@ def test_ctrl_c_is_a_clean_interruption(train_synth, tmp_path):
     # our own process prints no traceback (Ray's actors may log theirs, prefixed "(ActorName pid=...)", on shutdown)
     assert not any(line.startswith("Traceback") for line in text.splitlines())
     assert not (tmp_path / "bundle" / "model.safetensors").exists()
+    run_name = re.search(r"--resume (\S+)", text).group(1)
+
+    changed = subprocess.run([*args, "--set", "lr=0.01", "--resume", run_name], capture_output=True, text=True)
+    assert changed.returncode == 2 and "config differs from that run's: lr: 0.001 -> 0.01" in changed.stderr
+    assert "Traceback" not in changed.stderr
+    unknown = subprocess.run([*args, "--resume", "no-such-run"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "--resume no-such-run: no such run" in unknown.stderr
+
+    resumed = subprocess.run([*args, "--resume", run_name], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert re.search(r"resumed from checkpoint after epoch [1-9]", resumed.stdout + resumed.stderr)
+    history = json.loads((tmp_path / "bundle" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(20))
+    card = json.loads((tmp_path / "bundle" / "model_card.json").read_text())
+    straight = json.loads((trained / "model_card.json").read_text())
+    assert card["ray_run"]["name"] == run_name and card["best_epoch"] == straight["best_epoch"]
+    assert card["validation_metrics"]["balanced_accuracy"] == pytest.approx(
+        straight["validation_metrics"]["balanced_accuracy"], abs=1e-9
+    )

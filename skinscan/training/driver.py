@@ -15,6 +15,35 @@ from skinscan.config import TrainConfig, save_config
 from skinscan.errors import DataError, SkinScanError
 from skinscan.taxonomy import ISIC2019_OUTPUT_COLUMNS
 
+RUN_RECORD = "skinscan_run.json"  # beside Ray's files in the run folder: what a resumed run must match
+RESUME_MAY_CHANGE = {"resume", "output", "name", "storage_path", "time_budget_min", "max_failures"}
+
+
+def run_record(cfg: TrainConfig, df: pd.DataFrame) -> dict:
+    """The config and data a run trains on, minus what a resumed run may change."""
+    config = json.loads(cfg.model_dump_json(exclude=RESUME_MAY_CHANGE))
+    return {"config": config, "data_manifest_sha256": manifest_hash(df)}
+
+
+def check_resumable(record_uri: str, record: dict, run_name: str) -> None:
+    """A resumed run must train the same model on the same data as the run it continues."""
+    from skinscan import storage
+
+    try:
+        saved = json.loads(storage.read_bytes(record_uri))
+    except FileNotFoundError:
+        raise SkinScanError(
+            f"--resume {run_name}: no such run ({record_uri} not found); the run name is the one printed when a "
+            "run is interrupted, under the same storage_path"
+        ) from None
+    changed = [
+        f"{k}: {saved['config'].get(k)!r} -> {v!r}" for k, v in record["config"].items() if saved["config"].get(k) != v
+    ]
+    if saved["data_manifest_sha256"] != record["data_manifest_sha256"]:
+        changed.append("the data (manifest hash differs)")
+    if changed:
+        raise SkinScanError(f"--resume {run_name}: the config differs from that run's: {'; '.join(changed)}")
+
 
 def manifest_hash(df: pd.DataFrame) -> str:
     cols = [c for c in ("image_id", "sha256", "label", "split") if c in df]
@@ -23,19 +52,25 @@ def manifest_hash(df: pd.DataFrame) -> str:
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
-    """The manifest with a `split` column (and `mask_uri` for segmentation), and the class names."""
+    """The manifest with a `split` column (and `mask_uri` where masks are used), and the class names."""
     from skinscan import storage
     from skinscan.manifest import build_manifest
     from skinscan.splits import check_lesions_disjoint, split_manifest
     from skinscan.synth import mask_uri_for
 
     df = build_manifest(cfg.data)
-    if cfg.task == "segment":
+    if cfg.task == "segment" or cfg.lesion_mask_weight:
         df["mask_uri"] = df["uri"].map(mask_uri_for)
         has = df["mask_uri"].map(storage.exists)
         if not has.any():
             raise DataError(f"{cfg.data.source}: no masks found (expected masks/<image_id>_segmentation.png)")
+        if cfg.task == "classify" and not has.all():
+            raise DataError(
+                f"{cfg.data.source}: lesion_mask_weight needs a mask for every image; {int((~has).sum())} of "
+                f"{len(df)} have none (e.g. {df.loc[~has, 'mask_uri'].iloc[0]}); set lesion_mask_weight=0"
+            )
         df = df[has].reset_index(drop=True)
+    if cfg.task == "segment":
         if df["label"].isna().any():  # segmentation needs no labels; split stratifies on a placeholder
             df["label"] = df["label"].fillna("lesion")
         classes: list[str] = []
@@ -115,7 +150,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
 
     from skinscan import storage
     from skinscan.bundle import library_versions, save_bundle
-    from skinscan.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+    from skinscan.models import IMAGENET_MEAN, IMAGENET_STD, create_model, shipped_state
     from skinscan.training.loop import HIGHER_IS_BETTER, train_loop
     from skinscan.transforms import PREPROCESSING
 
@@ -127,6 +162,19 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "unet"})})
     out = Path(cfg.output).resolve()
     df, classes = prepare_data(cfg)
+    run_name = cfg.resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_uri = storage.normalize(cfg.storage_path)
+    record, record_uri = run_record(cfg, df), storage.join(storage.join(storage_uri, run_name), RUN_RECORD)
+    if cfg.resume:
+        check_resumable(record_uri, record, run_name)
+        print(f"[train] resuming run {run_name}", flush=True)
+    elif storage.exists(record_uri):
+        raise SkinScanError(
+            f"a run named {run_name} exists under {storage_uri}: continue it with --resume {run_name}, "
+            "or set another name"
+        )
+    else:
+        storage.write_bytes(record_uri, json.dumps(record, indent=2).encode())
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     df.to_parquet(out / "train_manifest.parquet", index=False)
@@ -141,8 +189,6 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     from skinscan.training.loop import FAIL_ENV
 
     worker_env = {**storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
-    run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_uri = storage.normalize(cfg.storage_path)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -173,7 +219,11 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
         first = str(err).strip().splitlines()
         raise SkinScanError(f"training failed: {first[-1] if first else err}") from None
     except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then exits from inside fit()
-        print(f"[train] interrupted, no bundle written; checkpoints: {storage_uri}/{run_name}", file=sys.stderr)
+        print(
+            f"[train] interrupted, no bundle written; checkpoints: {storage_uri}/{run_name}\n"
+            f"[train] continue with the same config and --resume {run_name}",
+            file=sys.stderr,
+        )
         raise KeyboardInterrupt from None
     wall = time.time() - t0
     best_ckpt = result.get_best_checkpoint(cfg.metric, "max" if higher else "min")
@@ -186,7 +236,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
 
     model = create_model(cfg.model, num_classes=len(classes) or 1)
     ema_weights = best_state.get("ema")  # the weights validation scored when the run kept an EMA
-    model.load_state_dict(ema_weights if ema_weights is not None else best_state["model"])
+    model.load_state_dict(shipped_state(ema_weights if ema_weights is not None else best_state["model"]))
     best_metrics = {k: v for k, v in best_state["history"][-1].items() if k != "drawn_per_worker"}
     card = {
         "task": cfg.task,

@@ -27,7 +27,7 @@ from torch import nn
 from skinscan.config import TrainConfig
 from skinscan.datasets import ImageDataset
 from skinscan.metrics import classification_summary, dice_iou
-from skinscan.models import create_model
+from skinscan.models import LogitsAndMask, create_model
 from skinscan.sampling import DistributedOversampler
 from skinscan.transforms import train_transform
 
@@ -116,6 +116,12 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)).mean()
 
 
+def _lesion_mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE against the lesion fraction of each feature-map cell (the mask average-pooled to the map's size)."""
+    target = nn.functional.adaptive_avg_pool2d(mask, mask_logits.shape[-2:])
+    return nn.functional.binary_cross_entropy_with_logits(mask_logits, target)
+
+
 def _failure_hook(epoch: int) -> None:
     spec = os.environ.get(FAIL_ENV)
     if not spec:
@@ -149,6 +155,7 @@ def train_loop(config: dict) -> None:
 
     cfg = TrainConfig.model_validate(config["cfg"])
     segment = cfg.task == "segment"
+    aux_mask = not segment and cfg.lesion_mask_weight > 0
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.threads_per_worker)
@@ -158,7 +165,7 @@ def train_loop(config: dict) -> None:
     train_rows, val_rows = config["train"], config["val"]
     load_size = int(round(cfg.model.img_size * 1.15))
 
-    def dataset(rows, transform, size):
+    def dataset(rows, transform, size, masks=False):
         if segment:
             return ImageDataset(
                 [r["uri"] for r in rows],
@@ -169,9 +176,10 @@ def train_loop(config: dict) -> None:
                 cache=cfg.cache_images,
             )
         labels = [classes.index(r["label"]) for r in rows]
-        return ImageDataset([r["uri"] for r in rows], labels, size, transform, cache=cfg.cache_images)
+        mask_uris = [r["mask_uri"] for r in rows] if masks else None
+        return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cfg.cache_images)
 
-    train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size)
+    train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, masks=aux_mask)
     val_ds = dataset(val_rows, None, cfg.model.img_size)
     train_labels = [r.get("label") or "?" for r in train_rows]
     sampler = DistributedOversampler(
@@ -191,6 +199,8 @@ def train_loop(config: dict) -> None:
     val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
 
     model = create_model(cfg.model, num_classes=len(classes))
+    if aux_mask:
+        model = LogitsAndMask(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     model = ray.train.torch.prepare_model(model)
@@ -220,7 +230,7 @@ def train_loop(config: dict) -> None:
         sched.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         if rank == 0:
-            _say(f"[train] resumed from checkpoint after epoch {state['epoch']}")
+            _say(f"[train] resumed from checkpoint after epoch {state['epoch'] + 1}")  # 1-based, as epoch lines
 
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
@@ -230,17 +240,21 @@ def train_loop(config: dict) -> None:
         model.train()
         drawn: Counter = Counter()
         loss_sum, n_seen = 0.0, 0
-        for x, y in loader:
+        for x, y, *mask in loader:
             if not segment:
                 drawn.update(y.tolist())
             x, target = mixer(x, y) if mixer else (x, y)
             x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(x)
+                if aux_mask:
+                    out, mask_logits = out
                 if segment:
                     loss = nn.functional.binary_cross_entropy_with_logits(out, y) + _dice_loss(out, y)
                 else:
                     loss = criterion(out.float(), target)  # class indices or mixed soft targets
+                    if aux_mask:
+                        loss = loss + cfg.lesion_mask_weight * _lesion_mask_loss(mask_logits.float(), mask[0])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -255,7 +269,8 @@ def train_loop(config: dict) -> None:
         preds, truths, vloss = [], [], 0.0
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             for x, y in val_loader:
-                out = eval_model(x.contiguous(memory_format=memory_format)).float()
+                out = eval_model(x.contiguous(memory_format=memory_format))
+                out = (out[0] if aux_mask else out).float()
                 if segment:
                     vloss += (
                         float(nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum")) / out[0].numel()
