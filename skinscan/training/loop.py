@@ -166,17 +166,9 @@ def train_loop(config: dict) -> None:
     load_size = int(round(cfg.model.img_size * 1.15))
 
     def dataset(rows, transform, size, masks=False):
-        if segment:
-            return ImageDataset(
-                [r["uri"] for r in rows],
-                None,
-                size,
-                transform,
-                mask_uris=[r["mask_uri"] for r in rows],
-                cache=cfg.cache_images,
-            )
-        labels = [classes.index(r["label"]) for r in rows]
-        mask_uris = [r["mask_uri"] for r in rows] if masks else None
+        """Segmentation: (image, mask); classification: (image, label), or (image, label, mask) with `masks`."""
+        labels = None if segment else [classes.index(r["label"]) for r in rows]
+        mask_uris = [r["mask_uri"] for r in rows] if segment or masks else None
         return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cfg.cache_images)
 
     train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, masks=aux_mask)
