@@ -1,1 +1,2 @@
-"""Ray job entrypoints: each has an importable `run(cfg)` and a `__main__`, the same code the CLI calls."""
+"""Ray job entrypoints, run as `python -m jobs.<name>`: each reads and validates its config and calls the
+library's `run(cfg)`. Nothing imports `jobs`; `jobs` imports only the library."""

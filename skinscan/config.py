@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from skinscan.data.taxonomy import ISIC2019_CLASSES
 from skinscan.errors import ConfigError
 
 T = TypeVar("T", bound=BaseModel)
@@ -102,6 +103,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _options_fit(self) -> TrainConfig:
+        if self.task == "segment":  # the segmenter is always the U-Net, selected on a segmentation metric
+            self.model.name = "unet"
+            if self.metric not in ("dice", "iou", "loss"):
+                self.metric = "dice"
+        elif self.metric in ("dice", "iou"):
+            raise ValueError(f"metric {self.metric} is for segmentation; use balanced_accuracy, accuracy, macro_f1")
         if self.augment.mixing and self.task != "classify":
             raise ValueError("augment.mixup_alpha / cutmix_alpha mix class labels: set them to 0 for task: segment")
         if self.lesion_mask_weight and (self.task != "classify" or self.augment.mixing):
@@ -123,8 +130,6 @@ class SynthConfig(Section):
     @field_validator("classes")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        from skinscan.taxonomy import ISIC2019_CLASSES
-
         bad = [c for c in v if c not in ISIC2019_CLASSES]
         if bad:
             raise ValueError(f"unknown classes {bad}; allowed: {list(ISIC2019_CLASSES)}")
@@ -133,7 +138,36 @@ class SynthConfig(Section):
         return v
 
 
+# ---------------------------------------------------------------- conversion and evaluation jobs
+class ConvertConfig(Section):
+    """`skinscan convert`: export a bundle to ONNX (and optionally a TensorRT engine), with a parity check."""
+
+    model: str
+    to: Literal["onnx", "tensorrt"] = "onnx"
+    fp16: bool = False
+    with_features: bool = True  # classifiers: also output the last feature map (explanations from any backend)
+    opset: int = Field(18, ge=17)
+    parity_images: str | None = None  # real images for the parity check (default: synthetic ones)
+    max_abs_diff: float | None = Field(None, gt=0)  # default 1e-3, fp16 5e-2
+    min_agreement: float = Field(1.0, ge=0, le=1)
+
+
+class EvaluateConfig(Section):
+    """`skinscan evaluate`: a classifier or segmenter bundle on a labelled data set."""
+
+    model: str
+    data: str
+    split: str | None = None
+    output: str | None = None  # default: <model>/evaluation[-<split>]
+    allow_overlap: bool = False
+    backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
+
+
 # ---------------------------------------------------------------- screening
+ExplainMethod = Literal["fast", "gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam", "layercam", "attention"]
+"""Explanation method names, one vocabulary for the CLI, configs and Parquet rows (`skinscan.explain.registry`)."""
+
+
 class StageConfig(Section):
     """Resources of one pipeline stage. `actors`: actor pool size (model stages); `batch_size`: images per call."""
 
@@ -159,7 +193,7 @@ class ScreenConfig(Section):
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     explain: Literal["all", "flagged", "none"] = "flagged"
-    explain_method: Literal["fast", "attention", "gradcam"] = "fast"  # fast: forward-only CAM from engine outputs
+    explain_method: ExplainMethod = "fast"  # fast: forward-only CAM from engine outputs
     # classify the segmenter's lesion bounding box (padded) instead of the whole image. Off: on HAM10000 validation
     # a ResNet-18 trained on whole images fell from 0.605 to 0.552 balanced accuracy when given U-Net lesion crops
     crop_to_lesion: bool = False
@@ -261,4 +295,11 @@ def save_config(cfg: BaseModel, directory: str | Path, name: str = "config.yaml"
 
 
 CONFIG_KINDS: dict[str, type[BaseModel]] = {"train": TrainConfig, "synth": SynthConfig, "screen": ScreenConfig}
+JOB_CONFIGS: dict[str, type[BaseModel]] = {
+    "train": TrainConfig,
+    "screen": ScreenConfig,
+    "convert": ConvertConfig,
+    "evaluate": EvaluateConfig,
+}
+"""The config model of each job (`python -m jobs.<name>`, `skinscan submit <name>`)."""
 """configs/<folder>/*.yaml -> the model that validates it."""

@@ -10,8 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from skinscan import storage
 from skinscan.config import ScreenConfig, SynthConfig, TrainConfig, load_config
+from skinscan.data import storage
 from skinscan.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +45,12 @@ def run(
 ) -> dict:
     import ray
 
-    from jobs.convert import run as convert
-    from skinscan.evaluation.run import evaluate
+    from conversion.convert import run as convert
+    from skinscan.config import ConvertConfig
+    from skinscan.data.synth import generate
+    from skinscan.evaluation.classifier import evaluate
     from skinscan.screening.pipeline import print_summary, screen
     from skinscan.screening.report import write_report
-    from skinscan.synth import generate
     from skinscan.training import run as train
 
     t_start = time.time()
@@ -87,7 +88,7 @@ def run(
     times["train_classifier"] = time.time() - t
 
     t = _step(3, total, "export to ONNX and check parity against PyTorch")
-    stats = convert({"model": str(classifier), "to": "onnx", "parity_images": None})
+    stats = convert(ConvertConfig(model=str(classifier)))
     p = stats["onnx_parity"]
     print(f"ONNX parity: max |logit diff| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.3f}")
     times["convert"] = time.time() - t
@@ -99,7 +100,7 @@ def run(
     if seg_epochs:
         over.append(f"epochs={seg_epochs}")
     segmenter = train(load_config(TrainConfig, CONFIGS / "train/unet_tiny.yaml", over))
-    convert({"model": str(segmenter), "to": "onnx"})
+    convert(ConvertConfig(model=str(segmenter)))
     times["train_segmenter"] = time.time() - t
 
     t = _step(5, total, "screen the archive with Ray Data (segment, classify, explain)")

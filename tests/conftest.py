@@ -33,7 +33,7 @@ def isic_archive_dir() -> Path:
 @pytest.fixture(scope="session")
 def synth_zip(tmp_path_factory) -> Path:
     from skinscan.config import SynthConfig
-    from skinscan.synth import generate
+    from skinscan.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth") / "synth.zip"
     generate(SynthConfig(output=str(out), n_images=120, size=64, seed=1), progress=False)
@@ -66,9 +66,9 @@ def make_bundle(
     """A random-init model bundle (no training): for conversion, runtime and explanation tests."""
     import torch
 
-    from skinscan.bundle import save_bundle
     from skinscan.config import ModelConfig
     from skinscan.models import create_model
+    from skinscan.models.bundle import save_bundle
 
     torch.manual_seed(seed)
     kwargs = dict(TINY_SWIN if kwargs is None and name.startswith("swin") else (kwargs or {}))

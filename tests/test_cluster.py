@@ -70,8 +70,8 @@ def test_kuberay_manifests(path):
             assert env["RAY_AUTH_MODE"]["value"] == "token"
             assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], "token must come from a Secret"
     if doc["kind"] == "RayJob":
-        assert doc["spec"]["entrypoint"].startswith("python jobs/")
-        assert (ROOT / doc["spec"]["entrypoint"].split()[1]).exists()
+        assert doc["spec"]["entrypoint"].startswith("python -m jobs.")
+        assert (ROOT / (doc["spec"]["entrypoint"].split()[2].replace(".", "/") + ".py")).exists()
 
 
 def test_no_public_binding_and_no_credentials():

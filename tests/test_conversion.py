@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from conversion.onnx_export import ParityError, check_parity, export_onnx
-from jobs.convert import parity_batch
-from skinscan.bundle import read_card
+from conversion.onnx_export import export_onnx
+from conversion.parity import ParityError, check_parity, parity_batch
+from skinscan.models.bundle import read_card
 from skinscan.runtime import create_predictor
 
 FP32_TOL = 1e-4  # max |logit difference| allowed between PyTorch and ONNX Runtime in float32
@@ -17,11 +17,11 @@ def test_onnx_parity(kind, tiny_bundles):
     bundle = tiny_bundles[kind]
     path = export_onnx(bundle)
     card = read_card(bundle)
-    assert card["exports"]["onnx"]["opset"] >= 17 and path.exists()
+    assert card.exports["onnx"].opset >= 17 and path.exists()
     stats = check_parity(bundle, parity_batch(card, None, n=5), max_abs_diff=FP32_TOL)  # odd batch: dynamic
     assert stats["passed"] and stats["max_abs_diff"] <= FP32_TOL
     assert stats.get("top1_agreement", stats.get("mask_agreement")) >= (1.0 if kind != "unet" else 0.999)
-    assert "onnxruntime" in read_card(bundle)["parity"]
+    assert "onnxruntime" in read_card(bundle).parity
 
 
 def test_backends_agree_on_logits_and_features(tiny_bundles):
@@ -41,12 +41,13 @@ def test_fp16_graph_parity(tiny_bundles):
     stats = check_parity(
         bundle, parity_batch(read_card(bundle), None, n=4), fp16=True, max_abs_diff=FP16_TOL, min_agreement=0.75
     )
-    assert read_card(bundle)["exports"]["onnx_fp16"]["dtype"] == "float16"
+    assert read_card(bundle).exports["onnx_fp16"].dtype == "float16"
     assert stats["max_abs_diff"] <= FP16_TOL
 
 
 def test_parity_failure_is_reported(tiny_bundles):
     bundle = tiny_bundles["swin"]
+    export_onnx(bundle, fp16=True)
     with pytest.raises(ParityError, match="parity failed"):
         check_parity(
             bundle,
@@ -58,9 +59,24 @@ def test_parity_failure_is_reported(tiny_bundles):
         )
 
 
+def test_runtime_never_exports_and_names_the_command(tmp_path):
+    from conftest import make_bundle
+
+    from skinscan.errors import BundleError
+
+    bundle = make_bundle(tmp_path / "b", "resnet18", {}, size=32)
+    with pytest.raises(BundleError, match=r"no onnx export; make it with `skinscan convert --model .* --to onnx`"):
+        create_predictor(bundle, "onnxruntime")
+    assert not list(bundle.glob("*.onnx")) and not read_card(bundle).exports
+    path = export_onnx(bundle)
+    path.write_bytes(path.read_bytes() + b"\0")  # a changed file is refused, not loaded
+    with pytest.raises(BundleError, match="does not match the sha256"):
+        create_predictor(bundle, "onnxruntime")
+
+
 def test_tensorrt_backend_gated_with_reason(tiny_bundles):
-    from conversion.tensorrt_build import require_tensorrt
     from skinscan.errors import MissingDependency
+    from skinscan.runtime.tensorrt import require_tensorrt
 
     try:
         require_tensorrt()
@@ -69,9 +85,10 @@ def test_tensorrt_backend_gated_with_reason(tiny_bundles):
             create_predictor(tiny_bundles["swin"], "tensorrt")
         pytest.skip(f"TensorRT path not testable here: {err}")
     # with TensorRT and CUDA: build, run and compare against PyTorch
-    from jobs.convert import run
+    from conversion.convert import run
+    from skinscan.config import ConvertConfig
 
-    stats = run({"model": str(tiny_bundles["swin"]), "to": "tensorrt"})
+    stats = run(ConvertConfig(model=str(tiny_bundles["swin"]), to="tensorrt"))
     assert stats["tensorrt_parity"]["passed"]
 
 

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skinscan import storage
 from skinscan.config import DataConfig
+from skinscan.data import storage
+from skinscan.data.manifest import MANIFEST_COLUMNS, build_manifest, class_counts, read_folder, read_unlabeled
+from skinscan.data.sampling import DistributedOversampler, oversample_frame, oversample_indices
+from skinscan.data.splits import check_lesions_disjoint, overlap_report, remove_overlap, split_manifest
+from skinscan.data.taxonomy import ham_dx_to_isic
 from skinscan.errors import DataError
-from skinscan.manifest import MANIFEST_COLUMNS, build_manifest, class_counts, read_folder, read_unlabeled
-from skinscan.sampling import DistributedOversampler, oversample_frame, oversample_indices
-from skinscan.splits import check_lesions_disjoint, overlap_report, remove_overlap, split_manifest
-from skinscan.taxonomy import ham_dx_to_isic
 
 
 def _jpeg(color) -> bytes:
@@ -108,7 +108,7 @@ def test_synthetic_archive_is_an_isic2019_dataset(synth_zip):
 
 
 def test_synthetic_masks_are_exact_and_nonempty(synth_zip):
-    from skinscan.synth import mask_uri_for
+    from skinscan.data.masks import mask_uri_for
 
     df = build_manifest(DataConfig(source=str(synth_zip), hash=False))
     mask = np.asarray(Image.open(io.BytesIO(storage.read_bytes(mask_uri_for(df["uri"][0])))))

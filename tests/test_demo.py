@@ -10,16 +10,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_end_to_end(tmp_path, ray_local):
-    from skinscan.bundle import load_bundle
     from skinscan.demo import run
+    from skinscan.models.bundle import load_bundle
 
     result = run(str(tmp_path / "demo"), n_images=120, epochs=3, seg_epochs=2, progress=False)
     art = {k: Path(v) for k, v in result["artefacts"].items()}
     model, card = load_bundle(art["classifier bundle"])
-    assert card["task"] == "classify" and card["exports"]["onnx"]["sha256"]
-    assert card["parity"]["onnxruntime"]["passed"]
+    assert card.task == "classify" and card.exports["onnx"].sha256
+    assert card.parity["onnxruntime"]["passed"]
     seg, seg_card = load_bundle(art["segmenter bundle"])
-    assert seg_card["task"] == "segment"
+    assert seg_card.task == "segment"
     rows = pd.read_parquet(art["screening results (Parquet)"])
     assert len(rows) == 120 and rows["uri"].is_unique and (rows["status"] == "ok").all()
     assert rows["mask_png"].notna().all()

@@ -38,7 +38,7 @@ def test_metrics_equal_sklearn():
 
 
 def test_ham10000_view_merges_ak_and_scc_into_akiec():
-    from skinscan.evaluation.run import ham10000_view
+    from skinscan.evaluation.classifier import ham10000_view
 
     y, p = _fixed(seed=1)
     ak, scc = CLASSES.index("AK"), CLASSES.index("SCC")
@@ -60,7 +60,7 @@ def test_ham10000_view_merges_ak_and_scc_into_akiec():
 
 @pytest.mark.parametrize("classes", [["MEL", "NV", "BCC", "BKL"], ["MEL", "NV", "AK", "SCC", "UNK"]])
 def test_no_ham10000_view_when_there_is_nothing_to_merge_or_no_counterpart(classes):
-    from skinscan.evaluation.run import ham10000_view
+    from skinscan.evaluation.classifier import ham10000_view
 
     y = np.arange(20) % len(classes)
     assert ham10000_view(y, np.eye(len(classes))[y], classes) is None
@@ -104,9 +104,9 @@ def test_overlap_guard_fires_on_isic2019_containing_ham10000(tmp_path, tiny_bund
     """Bundle trained on an 'ISIC 2019' manifest that contains the 'HAM10000' images being evaluated."""
     import shutil
 
+    from skinscan.data.synth import render
     from skinscan.errors import LeakageError
-    from skinscan.evaluation.run import evaluate
-    from skinscan.synth import render
+    from skinscan.evaluation.classifier import evaluate
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundles["swin"], bundle)
@@ -120,7 +120,7 @@ def test_overlap_guard_fires_on_isic2019_containing_ham10000(tmp_path, tiny_bund
         rows.append({"lesion_id": f"HAM_{i:07d}", "image_id": f"ISIC_{i:07d}", "dx": label.lower()})
     pd.DataFrame(rows).to_csv(tmp_path / "ham" / "HAM10000_metadata.csv", index=False)
     from skinscan.config import DataConfig
-    from skinscan.manifest import build_manifest
+    from skinscan.data.manifest import build_manifest
 
     ham = build_manifest(DataConfig(source=str(tmp_path / "ham" / "HAM10000_metadata.csv")))
     isic_train = pd.concat(

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from skinscan.bundle import load_bundle
+from skinscan.evaluation.localization import energy_in_mask
 from skinscan.explain import cam_from_features, decode_map, encode_map, gradcam
 from skinscan.explain.attention import attention_maps
-from skinscan.explain.localization import energy_in_mask
 from skinscan.explain.overlay import overlay
 from skinscan.models import LogitsAndFeatures, head_weights
+from skinscan.models.bundle import load_bundle
 
 TOL = 1e-4
 

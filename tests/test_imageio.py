@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skinscan.data.imageio import decode_image
 from skinscan.errors import ImageDecodeError
-from skinscan.imageio import decode_image
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -7,9 +7,10 @@ from pydantic import ValidationError
 from torchvision.transforms import v2
 
 from skinscan.config import ModelConfig, SynthConfig, TrainConfig
-from skinscan.datasets import ImageDataset, read_mask
+from skinscan.data.dataset import ImageDataset
+from skinscan.data.imageio import read_image, resize_square
+from skinscan.data.masks import read_mask
 from skinscan.errors import DataError
-from skinscan.imageio import read_image, resize_square
 from skinscan.models import LogitsAndMask, create_model, shipped_state
 from skinscan.training.driver import prepare_data
 
@@ -22,7 +23,7 @@ TINY_SWIN = ModelConfig(
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
-    from skinscan.synth import generate
+    from skinscan.data.synth import generate
 
     out = tmp_path_factory.mktemp("masksynth") / "synth"
     generate(SynthConfig(output=str(out), n_images=24, size=64, seed=3), progress=False)

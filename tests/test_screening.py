@@ -34,7 +34,7 @@ MAX_PIXELS = 10_000_000  # the 4000x3000 file is "too large" under this limit
 
 
 def _mixed_files(ham_images: list[Path]) -> dict[str, bytes]:
-    from skinscan.synth import render
+    from skinscan.data.synth import render
 
     files = {}
     for i, label in enumerate(["MEL", "NV", "BCC", "BKL"] * 4):
@@ -318,7 +318,7 @@ def test_screen_archive_on_s3(s3_server, screen_bundles, synth_zip, tmp_path, mo
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(k, v)
-    from skinscan import storage
+    from skinscan.data import storage
 
     storage.archive_fs.cache_clear()
     model, _ = screen_bundles

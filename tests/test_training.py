@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from skinscan.bundle import load_bundle
 from skinscan.config import TrainConfig, load_config
+from skinscan.models.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def _cfg(tmp_path, synth_source, **over):
 @pytest.fixture(scope="module")
 def train_synth(tmp_path_factory):
     from skinscan.config import SynthConfig
-    from skinscan.synth import generate
+    from skinscan.data.synth import generate
 
     out = tmp_path_factory.mktemp("trainsynth") / "synth.zip"
     generate(SynthConfig(output=str(out), n_images=400, size=64, seed=0), progress=False)
@@ -84,8 +84,8 @@ def test_bundle_loads_predicts_and_rejects_tampering(trained, tmp_path):
     from skinscan.errors import BundleError
 
     model, card = load_bundle(trained)
-    x = torch.randn(2, 3, card["input_size"], card["input_size"])
-    assert model(x).shape == (2, len(card["class_names"]))
+    x = torch.randn(2, 3, card.input_size, card.input_size)
+    assert model(x).shape == (2, len(card.class_names))
     bad = tmp_path / "bad"
     shutil.copytree(trained, bad)
     data = bytearray((bad / "model.safetensors").read_bytes())
@@ -132,7 +132,7 @@ def test_lesion_mask_head_learns_where_the_lesion_is(ray_local, train_synth, tmp
     head learns the lesion fraction of its cells, and the bundle is the plain classifier, which still learns."""
     import pandas as pd
 
-    from skinscan.datasets import ImageDataset
+    from skinscan.data.dataset import ImageDataset
     from skinscan.models import LogitsAndMask, create_model
     from skinscan.training import run
 
@@ -184,8 +184,8 @@ def test_gradcam_energy_concentrates_in_the_lesion(trained, train_synth):
     pytorch-grad-cam for this head) puts a larger share of its energy inside the lesion than the lesion's area."""
     import pandas as pd
 
-    from skinscan.explain.localization import localization_check
-    from skinscan.synth import mask_uri_for
+    from skinscan.data.masks import mask_uri_for
+    from skinscan.evaluation.localization import localization_check
 
     df = pd.read_parquet(trained / "train_manifest.parquet").query("split != 'train'")
     rep = localization_check(trained, df["uri"].tolist(), [mask_uri_for(u) for u in df["uri"]], "fast")

@@ -1,4 +1,5 @@
-"""Shared helpers: a Swin-T bundle (random init: compute is what is measured), timing, peak memory sampling."""
+"""Shared helpers: a Swin-T bundle with its ONNX export (random init: compute is what is measured), timing, peak
+memory sampling."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ def swin_t_bundle(
 ) -> Path:
     import torch
 
-    from skinscan.bundle import read_card, save_bundle
+    from conversion.onnx_export import ensure_onnx
     from skinscan.config import ModelConfig
     from skinscan.models import create_model
+    from skinscan.models.bundle import read_card, save_bundle
 
-    if (directory / "model_card.json").exists() and read_card(directory)["input_size"] == size:
+    if (directory / "model_card.json").exists() and read_card(directory).input_size == size:
+        ensure_onnx(directory)
         return directory
     torch.manual_seed(0)
     model = create_model(ModelConfig(name=name, img_size=size, kwargs=kwargs or {}), num_classes=len(classes))
@@ -33,7 +36,9 @@ def swin_t_bundle(
         "class_names": list(classes),
         "created": "benchmark (random init)",
     }
-    return save_bundle(directory, model.eval(), card)
+    save_bundle(directory, model.eval(), card)
+    ensure_onnx(directory)  # every benchmark compares against ONNX Runtime
+    return directory
 
 
 def rate(n: int, seconds: float) -> float:

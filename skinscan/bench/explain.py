@@ -13,10 +13,9 @@ def run(workdir: str = "runs/bench", batch: int = 16, size: int = 224, reps: int
     import torch
 
     from skinscan.bench.common import rate, swin_t_bundle, write_json
-    from skinscan.bundle import load_bundle
-    from skinscan.explain.attention import attention_maps
-    from skinscan.explain.cam import cam_from_features, gradcam
-    from skinscan.models import LogitsAndFeatures, head_weights
+    from skinscan.explain.registry import explain
+    from skinscan.models import head_weights
+    from skinscan.models.bundle import load_bundle
     from skinscan.runtime import create_predictor
 
     bundle = swin_t_bundle(Path(workdir) / f"swin_t_{size}", size)
@@ -26,19 +25,17 @@ def run(workdir: str = "runs/bench", batch: int = 16, size: int = 224, reps: int
     ort = create_predictor(bundle, "onnxruntime", with_features=True)
 
     def grad_cam():
-        gradcam(model, x)
+        explain("gradcam", model, x)
 
     def fast_torch():
-        with torch.no_grad():
-            logits, f = LogitsAndFeatures(model)(x)
-        cam_from_features(f.numpy(), w, logits.argmax(1).numpy())
+        explain("fast", model, x, head_w=w)
 
     def fast_ort():
         p = ort.predict(x.numpy())
-        cam_from_features(p.features, w, p.logits.argmax(1))
+        explain("fast", model, x, p.logits.argmax(1), features=p.features, head_w=w)
 
     def attention():
-        attention_maps(model, x)
+        explain("attention", model, x)
 
     def classify_only():
         ort.predict(x.numpy())

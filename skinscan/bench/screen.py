@@ -20,7 +20,7 @@ from PIL import Image
 
 def make_archive(path: Path, n: int, size=(1024, 768), seed: int = 0) -> Path:
     """~1 MP JPEGs of synthetic lesions, in a zip."""
-    from skinscan.synth import render
+    from skinscan.data.synth import render
 
     if path.exists():
         return path
@@ -73,11 +73,11 @@ def run(workdir: str = "runs/bench", n: int = 1500, mem_n: int = 200, out: str |
     import torch
 
     from skinscan.bench.common import PeakMemory, rate, swin_t_bundle, write_json
-    from skinscan.bundle import load_bundle
+    from skinscan.data.imageio import decode_image, resize_square
+    from skinscan.data.preprocess import normalize_batch
     from skinscan.explain.cam import gradcam
-    from skinscan.imageio import decode_image, resize_square
+    from skinscan.models.bundle import load_bundle
     from skinscan.runtime import create_predictor
-    from skinscan.transforms import normalize_batch
 
     work = Path(workdir).resolve()
     bundle = swin_t_bundle(work / "swin_t_224", 224)

@@ -11,7 +11,7 @@ def run(
 ) -> dict:
     from skinscan.bench.common import write_json
     from skinscan.config import SynthConfig, TrainConfig, validate
-    from skinscan.synth import generate
+    from skinscan.data.synth import generate
     from skinscan.training import run as train
 
     work = Path(workdir).resolve()

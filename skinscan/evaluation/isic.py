@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinscan.taxonomy import ISIC2019_OUTPUT_COLUMNS
+from skinscan.data.taxonomy import ISIC2019_OUTPUT_COLUMNS
 
 
 def write_isic_files(

@@ -1,5 +1,6 @@
-"""Metrics on predicted probabilities: the classification report, balanced accuracy, AUCs, melanoma
-sensitivity at fixed specificity, expected calibration error. Values follow scikit-learn's definitions."""
+"""The one metrics module: classification (report, balanced accuracy, the ISIC metric, AUCs, melanoma sensitivity
+at fixed specificity, calibration), the compact summary training validates on, and segmentation (Dice, Jaccard).
+Values follow scikit-learn's definitions."""
 
 from __future__ import annotations
 
@@ -72,7 +73,37 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    return np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
+
+
+def classification_summary(y_true, y_pred, k: int) -> dict[str, float]:
+    """accuracy, balanced accuracy (mean recall over classes present in y_true), macro F1 (over the classes
+    present or predicted): what training validates on every epoch, without scikit-learn's overhead."""
+    cm = confusion_matrix(y_true, y_pred, k).astype(float)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    tp = np.diag(cm)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    return {
+        "accuracy": float(tp.sum() / max(1.0, cm.sum())),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[present | (predicted > 0)].mean()) if (present | (predicted > 0)).any() else 0.0,
+    }
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Mean per-image Dice and Jaccard of boolean masks [N, H, W] (empty-vs-empty counts as 1)."""
+    pred = pred.reshape(len(pred), -1).astype(bool)
+    truth = truth.reshape(len(truth), -1).astype(bool)
+    inter = (pred & truth).sum(1)
+    total = pred.sum(1) + truth.sum(1)
+    union = (pred | truth).sum(1)
+    dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return float(dice.mean()), float(iou.mean())
 
 
 def evaluate_probs(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:

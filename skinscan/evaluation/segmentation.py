@@ -20,14 +20,13 @@ def evaluate_segmenter(
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict:
-    from skinscan import storage
-    from skinscan.datasets import read_mask
-    from skinscan.evaluation.run import leakage_check, select_eval_set
-    from skinscan.imageio import read_image, resize_square
-    from skinscan.metrics import dice_iou
+    from conversion.onnx_export import ensure_onnx
+    from skinscan.data import storage
+    from skinscan.data.masks import mask_uri_for, read_mask
+    from skinscan.data.preprocess import load_batch
+    from skinscan.evaluation.classifier import leakage_check, select_eval_set
+    from skinscan.evaluation.metrics import dice_iou
     from skinscan.runtime import create_predictor
-    from skinscan.synth import mask_uri_for
-    from skinscan.transforms import normalize_batch
 
     bundle = Path(bundle)
     df = select_eval_set(bundle, data, split)
@@ -35,12 +34,14 @@ def evaluate_segmenter(
     if df.empty:
         raise DataError(f"{data}: no images with masks (masks/<image_id>_segmentation.png) in split {split}")
     leakage = leakage_check(bundle, df)
+    if backend == "onnxruntime":
+        ensure_onnx(bundle)
     pred = create_predictor(bundle, backend, with_features=False)
-    size = pred.card["input_size"]
+    size = pred.card.input_size
     dices, ious = [], []
     for i in tqdm(range(0, len(df), batch_size), desc="evaluate segmenter", disable=not progress):
         uris = df["uri"].iloc[i : i + batch_size].tolist()
-        x = normalize_batch(np.stack([resize_square(read_image(u, draft_size=size), size) for u in uris]))
+        x = load_batch(uris, size, pred.card.normalization)
         masks = pred.predict(x).outputs[0][:, 0] > 0
         truth = np.stack([read_mask(mask_uri_for(u), size) for u in uris]).astype(bool)
         for p, t in zip(masks, truth):

@@ -16,11 +16,20 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from torch import nn
 
 from skinscan.models import is_swin
 
-METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam", "layercam")
+GRADCAM_CLASSES = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "eigencam": EigenCAM,
+    "layercam": LayerCAM,
+}
+"""pytorch-grad-cam's methods by their SkinScan names (see `skinscan.explain.registry`)."""
 
 
 def feature_layer(model: nn.Module) -> nn.Module:
@@ -77,26 +86,11 @@ def gradcam(
 
     The CAM object is a context manager: its hooks are removed when the batch is done.
     """
-    from pytorch_grad_cam import (
-        EigenCAM,
-        GradCAM,
-        GradCAMPlusPlus,
-        HiResCAM,
-        LayerCAM,
-        XGradCAM,
-    )
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cls = {
-        "gradcam": GradCAM,
-        "gradcam++": GradCAMPlusPlus,
-        "hirescam": HiResCAM,
-        "xgradcam": XGradCAM,
-        "eigencam": EigenCAM,
-        "layercam": LayerCAM,
-    }.get(method)
+    cls = GRADCAM_CLASSES.get(method)
     if cls is None:
-        raise ValueError(f"unknown CAM method {method!r}; choose from {METHODS}")
+        raise ValueError(f"unknown CAM method {method!r}; choose from {list(GRADCAM_CLASSES)}")
     layer = target_layer or feature_layer(model)
     reshape = nhwc_to_nchw if is_swin(model) else None
     targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]

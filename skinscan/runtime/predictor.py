@@ -1,5 +1,6 @@
 """Backends: torch (CPU/CUDA, optional torch.compile and half precision), onnxruntime (CPU, CUDA, TensorRT
-execution providers when present) and tensorrt (a serialised engine built by `conversion.tensorrt_build`)."""
+execution providers when present) and tensorrt (a serialised engine built by `conversion.tensorrt_build`).
+Each loads what `conversion/` made, after checking its sha256 against the bundle's card."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
-from skinscan.bundle import read_card
-from skinscan.errors import ConfigError, MissingDependency
+from skinscan.errors import ConfigError
+from skinscan.models.bundle import ModelCard, checked_file, read_card
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -29,7 +30,7 @@ class Prediction:
 
 
 class Predictor(Protocol):
-    card: dict
+    card: ModelCard
     backend: str
 
     def predict(self, x: np.ndarray) -> Prediction: ...
@@ -55,8 +56,8 @@ class TorchPredictor:
     ):
         import torch
 
-        from skinscan.bundle import load_bundle
         from skinscan.models import LogitsAndFeatures
+        from skinscan.models.bundle import load_bundle
 
         if threads:
             torch.set_num_threads(threads)
@@ -64,7 +65,7 @@ class TorchPredictor:
             "cuda" if device == "auto" and _cuda_available() else ("cpu" if device == "auto" else device)
         )
         model, self.card = load_bundle(bundle, self.device)
-        if self.card["task"] == "classify" and with_features:
+        if self.card.task == "classify" and with_features:
             model = LogitsAndFeatures(model).eval()
         self.dtype = (
             torch.float16 if fp16 and self.device.type == "cuda" else (torch.bfloat16 if fp16 else torch.float32)
@@ -95,14 +96,8 @@ class OnnxPredictor:
     ):
         import onnxruntime as ort
 
-        from conversion.onnx_export import export_onnx, onnx_path
-
         self.card = read_card(bundle)
-        key = "onnx_fp16" if fp16 else "onnx"
-        if key not in self.card.get("exports", {}):
-            export_onnx(bundle, fp16=fp16)
-            self.card = read_card(bundle)
-        path = onnx_path(bundle, fp16=fp16)
+        path = checked_file(bundle, "onnx_fp16" if fp16 else "onnx")
         available = ort.get_available_providers()
         if providers is None:
             wanted = (
@@ -133,17 +128,11 @@ class TensorRTPredictor:
     def __init__(
         self, bundle: str | Path, with_features: bool = True, device: str = "auto", fp16: bool = False, **_: object
     ):
-        from conversion.tensorrt_build import TensorRTRunner, require_tensorrt
+        from skinscan.runtime.tensorrt import TensorRTRunner, require_tensorrt
 
         require_tensorrt()
         self.card = read_card(bundle)
-        entry = self.card.get("exports", {}).get("tensorrt_fp16" if fp16 else "tensorrt")
-        if not entry:
-            raise MissingDependency(
-                f"{bundle}: no TensorRT engine; run `skinscan convert --model {bundle} "
-                f"--to tensorrt{' --fp16' if fp16 else ''}` on the GPU machine"
-            )
-        self.runner = TensorRTRunner(Path(bundle) / entry["file"])
+        self.runner = TensorRTRunner(checked_file(bundle, "tensorrt_fp16" if fp16 else "tensorrt"))
         self.n_out = None if with_features else 1
 
     def predict(self, x: np.ndarray) -> Prediction:
@@ -162,7 +151,8 @@ def create_predictor(
     threads: int | None = None,
     compile: bool = False,
 ) -> Predictor:
-    """The predictor for `backend` over a model bundle (ONNX is exported on first use when missing)."""
+    """The predictor for `backend` over a model bundle. The runtime never exports: ONNX files and TensorRT engines
+    come from `conversion/` (`skinscan convert`), and a missing one is a one-line error naming that command."""
     if backend == "torch":
         return TorchPredictor(bundle, with_features, device, fp16, compile, threads)
     if backend == "onnxruntime":

@@ -18,7 +18,7 @@ from skinscan.screening.writer import PartWriter, done_uris, read_results, to_ta
 def list_inputs(uri: str) -> pd.DataFrame:
     """(image_id, uri) for every input: each file of a folder/archive, or each row of a manifest/CSV."""
     from skinscan.config import DataConfig
-    from skinscan.manifest import build_manifest, read_unlabeled
+    from skinscan.data.manifest import build_manifest, read_unlabeled
 
     if uri.lower().endswith((".csv", ".parquet")):
         df = build_manifest(DataConfig(source=uri, hash=False))
@@ -28,32 +28,30 @@ def list_inputs(uri: str) -> pd.DataFrame:
 
 
 def _check_models(cfg: ScreenConfig) -> None:
-    from skinscan.bundle import read_card
+    from skinscan.explain.registry import get_method
+    from skinscan.models.bundle import read_card
 
     if not cfg.model:
         raise ConfigError("config key model: give a classifier bundle (--model)")
     card = read_card(cfg.model)
-    if card.get("task") != "classify":
-        raise ConfigError(f"model {cfg.model} is a {card.get('task')} bundle, not a classifier")
-    if cfg.explain_method == "attention" and not card["architecture"]["name"].startswith("swin"):
-        raise ConfigError("explain_method attention needs a Swin classifier")
-    if cfg.segmenter and read_card(cfg.segmenter).get("task") != "segment":
+    if card.task != "classify":
+        raise ConfigError(f"model {cfg.model} is a {card.task} bundle, not a classifier")
+    if cfg.explain != "none":
+        get_method(cfg.explain_method, card.architecture.name)
+    if cfg.segmenter and read_card(cfg.segmenter).task != "segment":
         raise ConfigError(f"segmenter {cfg.segmenter} is not a segmentation bundle")
     if cfg.crop_to_lesion and not cfg.segmenter:
         raise ConfigError("crop_to_lesion needs a segmenter")
 
 
 def _prepare_onnx(cfg: ScreenConfig) -> None:
-    """Export ONNX once on the driver, not in every actor."""
-    from skinscan.bundle import read_card
-
+    """Export ONNX once on the driver where a bundle has none, not in every actor."""
     if cfg.backend != "onnxruntime":
         return
-    from conversion.onnx_export import export_onnx
+    from conversion.onnx_export import ensure_onnx
 
     for bundle in filter(None, [cfg.model, cfg.segmenter]):
-        if "onnx" not in read_card(bundle).get("exports", {}):
-            export_onnx(bundle)
+        ensure_onnx(bundle)
 
 
 def summarize(
@@ -104,25 +102,16 @@ def steady_rate(arrivals: list[tuple[float, int]], skip: float = 0.1) -> float |
     return round((r_b - r_a) / (t_b - t_a), 2)
 
 
-STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "AZURE_STORAGE_")
-
-
-def storage_env() -> dict[str, str]:
-    """Object-store settings and credentials from the driver's environment, passed on to the workers."""
-    import os
-
-    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
-
-
 def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
     """The Ray Data pipeline over the inputs still to do (lazy; nothing runs until iterated)."""
     import ray
 
-    from skinscan.bundle import read_card
+    from skinscan.data.storage import storage_env
+    from skinscan.models.bundle import read_card
     from skinscan.screening.stages import ClassifyStage, SegmentStage, decode_batch
 
-    cls_size = read_card(cfg.model)["input_size"]
-    seg_size = read_card(cfg.segmenter)["input_size"] if cfg.segmenter else 0
+    cls_size = read_card(cfg.model).input_size
+    seg_size = read_card(cfg.segmenter).input_size if cfg.segmenter else 0
     work = max(cls_size, seg_size) * (2 if cfg.crop_to_lesion else 1)
     n_blocks = max(1, math.ceil(len(todo) / cfg.decode.batch_size))
     # from_items builds the blocks on the driver; from_pandas would run one Ray task per block before starting
@@ -263,3 +252,10 @@ def print_summary(s: dict) -> None:
             f"[screen] first rows after {s['startup_s']} s (start-up)"
             + (f"; steady rate {steady} img/s (after the first 10% of rows)" if steady else "")
         )
+
+
+def run(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
+    """Screen, print the summary, return it (the `skinscan screen` command and `jobs.screen`)."""
+    summary = screen(cfg, ray_address=ray_address)
+    print_summary(summary)
+    return summary

@@ -18,8 +18,8 @@
 | bbox_x0, bbox_y0, bbox_x1, bbox_y1 | float32 | lesion bounding box, fractions of width/height |
 | mask_png | binary | lesion mask, 8-bit PNG at the segmenter's resolution (`mask_size`) |
 | mask_size | int32 | side of the mask in pixels |
-| heatmap_png | binary | explanation map, 8-bit PNG at feature resolution (`heatmap_h` x `heatmap_w`) |
-| heatmap_method, heatmap_layer, heatmap_class | string | e.g. `cam-fast`, `norm`, `MEL` |
+| heatmap_png | binary | explanation map, 8-bit PNG at feature resolution or 8 x 8 (`heatmap_h` x `heatmap_w`) |
+| heatmap_method, heatmap_layer, heatmap_class | string | registry name (e.g. `fast`), layer, class (`MEL`) |
 | heatmap_h, heatmap_w | int32 | map size |
 | thumbnail_jpeg | binary | small JPEG for reports (per the `thumbnails` policy) |
 | model_id, segmenter_id | string | `<architecture>@<weights sha256[:12]>` |
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from skinscan.taxonomy import ISIC2019_CLASSES
+from skinscan.data.taxonomy import ISIC2019_CLASSES
 
 SCHEMA_VERSION = 1
 PROB_COLUMNS = [f"prob_{c}" for c in ISIC2019_CLASSES]

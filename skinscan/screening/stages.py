@@ -14,10 +14,12 @@ import time
 import numpy as np
 from PIL import Image
 
+from skinscan.data.imageio import decode_image, resize_square
+from skinscan.data.preprocess import normalize_batch
+from skinscan.data.taxonomy import ISIC2019_CLASSES
 from skinscan.errors import ImageDecodeError
-from skinscan.imageio import decode_image, resize_square
+from skinscan.explain.encode import encode_map
 from skinscan.screening.schema import PROB_COLUMNS, SCHEMA_VERSION
-from skinscan.taxonomy import ISIC2019_CLASSES
 
 
 def _obj(values) -> np.ndarray:
@@ -51,7 +53,7 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
     """Read bytes, hash, decode (JPEG draft mode to `work_size`, or nvJPEG on the GPU), resize; failures become
     error rows. `thumb_size` 0: no thumbnails. GPU decoding skips EXIF orientation and the pixel limit check only
     for files it decodes itself."""
-    from skinscan.storage import read_bytes
+    from skinscan.data.storage import read_bytes
 
     uris = list(batch["uri"])
     n = len(uris)
@@ -143,10 +145,6 @@ def _resize_batch(arr: np.ndarray, size: int) -> np.ndarray:
     return np.stack([resize_square(Image.fromarray(a), size) for a in arr])
 
 
-def _model_id(card: dict) -> str:
-    return f"{card['architecture']['name']}@{card['weights_sha256'][:12]}"
-
-
 class SegmentStage:
     """U-Net: lesion mask, area and bounding box; optionally crops `work` to the lesion for the classifier."""
 
@@ -161,14 +159,12 @@ class SegmentStage:
         from skinscan.runtime import create_predictor
 
         self.predictor = create_predictor(bundle, backend, with_features=False, device=device, threads=threads)
-        self.size = self.predictor.card["input_size"]
+        self.card = self.predictor.card
+        self.size = self.card.input_size
         self.crop = crop_to_lesion
-        self.id = _model_id(self.predictor.card)
+        self.id = self.card.model_id
 
     def __call__(self, batch: dict) -> dict:
-        from skinscan.explain.encode import encode_map
-        from skinscan.transforms import normalize_batch
-
         t0 = time.perf_counter()
         n = len(batch["uri"])
         ok = np.flatnonzero(batch["status"] == "ok")
@@ -176,7 +172,7 @@ class SegmentStage:
         boxes = np.full((n, 4), np.nan, np.float32)
         masks = [None] * n
         if len(ok):
-            x = normalize_batch(_resize_batch(batch["work"][ok], self.size))
+            x = normalize_batch(_resize_batch(batch["work"][ok], self.size), self.card.normalization)
             pred = self.predictor.predict(x).outputs[0][:, 0] > 0
             for j, i in enumerate(ok):
                 a, box = mask_stats(pred[j])
@@ -220,48 +216,39 @@ class ClassifyStage:
         import torch
 
         from skinscan import __version__
-        from skinscan.bundle import load_bundle
+        from skinscan.explain.registry import get_method
+        from skinscan.models import head_weights
+        from skinscan.models.bundle import load_bundle
         from skinscan.runtime import create_predictor
 
         torch.set_num_threads(threads)
         self.explain, self.method, self.thumbnails = explain, method, thumbnails
-        fast = explain != "none" and method == "fast"
-        self.predictor = create_predictor(bundle, backend, with_features=fast, device=device, threads=threads)
+        from_features = explain != "none" and get_method(method).needs == "features"
+        self.predictor = create_predictor(bundle, backend, with_features=from_features, device=device, threads=threads)
         self.card = self.predictor.card
-        self.classes = self.card["class_names"]
-        self.size = self.card["input_size"]
-        self.model = None
+        self.classes = self.card.class_names
+        self.size = self.card.input_size
+        self.model, self.head_w = None, None
         if explain != "none":
             self.model, _ = load_bundle(bundle)  # head weights (fast path) or the torch model (attention, Grad-CAM)
-            from skinscan.models import head_weights
-
-            self.head_w = head_weights(self.model)[0].numpy() if fast else None
+            self.head_w = head_weights(self.model)[0].numpy() if from_features else None
         self.flag_idx = [self.classes.index(c) for c in flag_classes if c in self.classes]
         self.threshold = threshold
         self.rule = f"any({','.join(flag_classes)}) >= {threshold}"
         self.backend = backend
-        self.id = _model_id(self.card)
-        self.version = f"{self.card.get('created', '?')} skinscan {__version__}"
+        self.id = self.card.model_id
+        self.version = f"{self.card.created or '?'} skinscan {__version__}"
         self.layer = "features (last stage)"
 
     def _explain(self, x: np.ndarray, feats: np.ndarray | None, cls: np.ndarray) -> list[np.ndarray]:
         import torch
 
-        from skinscan.explain.attention import attention_maps
-        from skinscan.explain.cam import cam_from_features, gradcam
+        from skinscan.explain.registry import explain, storage_form
 
-        if self.method == "fast":
-            return list(cam_from_features(feats, self.head_w, cls))
-        xt = torch.from_numpy(x)
-        if self.method == "attention":
-            return list(attention_maps(self.model, xt))
-        maps = gradcam(self.model, xt, cls.tolist())
-        return [np.asarray(Image.fromarray(m).resize((8, 8), Image.BILINEAR)) for m in maps]
+        maps = explain(self.method, self.model, torch.from_numpy(x), cls, features=feats, head_w=self.head_w)
+        return list(storage_form(self.method, maps))
 
     def __call__(self, batch: dict) -> dict:
-        from skinscan.explain.encode import encode_map
-        from skinscan.transforms import normalize_batch
-
         n = len(batch["uri"])
         ok = np.flatnonzero(batch["status"] == "ok")
         t0 = time.perf_counter()
@@ -273,7 +260,7 @@ class ClassifyStage:
         thumbs = [None] * n
         t_explain = 0.0
         if len(ok):
-            x = normalize_batch(_resize_batch(batch["work"][ok], self.size))
+            x = normalize_batch(_resize_batch(batch["work"][ok], self.size), self.card.normalization)
             out = self.predictor.predict(x)
             logits = out.logits
             e = np.exp(logits - logits.max(1, keepdims=True))
@@ -303,7 +290,6 @@ class ClassifyStage:
                         Image.fromarray(batch["thumb"][i]).save(buf, "JPEG", quality=85)
                         thumbs[i] = buf.getvalue()
         t_cls = (time.perf_counter() - t0) * 1000 / max(1, n) - t_explain
-        method = {"fast": "cam-fast", "attention": "swin-attention", "gradcam": "grad-cam"}[self.method]
         out_batch = {k: v for k, v in batch.items() if k not in ("work", "thumb")}
         out_batch.update(
             {
@@ -314,7 +300,7 @@ class ClassifyStage:
                 "flagged": flagged,
                 "flag_rule": _obj([self.rule] * n),
                 "heatmap_png": _obj(heat),
-                "heatmap_method": _obj([method if h is not None else None for h in heat]),
+                "heatmap_method": _obj([self.method if h is not None else None for h in heat]),
                 "heatmap_layer": _obj([self.layer if h is not None else None for h in heat]),
                 "heatmap_class": _obj(hm_cls),
                 "heatmap_h": hh,

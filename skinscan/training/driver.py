@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from skinscan.config import TrainConfig, save_config
+from skinscan.data.taxonomy import ISIC2019_OUTPUT_COLUMNS
 from skinscan.errors import DataError, SkinScanError
-from skinscan.taxonomy import ISIC2019_OUTPUT_COLUMNS
 
 RUN_RECORD = "skinscan_run.json"  # beside Ray's files in the run folder: what a resumed run must match
 RESUME_MAY_CHANGE = {"resume", "output", "name", "storage_path", "time_budget_min", "max_failures"}
@@ -27,7 +27,7 @@ def run_record(cfg: TrainConfig, df: pd.DataFrame) -> dict:
 
 def check_resumable(record_uri: str, record: dict, run_name: str) -> None:
     """A resumed run must train the same model on the same data as the run it continues."""
-    from skinscan import storage
+    from skinscan.data import storage
 
     try:
         saved = json.loads(storage.read_bytes(record_uri))
@@ -53,10 +53,10 @@ def manifest_hash(df: pd.DataFrame) -> str:
 
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
     """The manifest with a `split` column (and `mask_uri` where masks are used), and the class names."""
-    from skinscan import storage
-    from skinscan.manifest import build_manifest
-    from skinscan.splits import check_lesions_disjoint, split_manifest
-    from skinscan.synth import mask_uri_for
+    from skinscan.data import storage
+    from skinscan.data.manifest import build_manifest
+    from skinscan.data.masks import mask_uri_for
+    from skinscan.data.splits import check_lesions_disjoint, split_manifest
 
     df = build_manifest(cfg.data)
     if cfg.task == "segment" or cfg.lesion_mask_weight:
@@ -148,18 +148,12 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     import torch
     from ray.train.torch import TorchTrainer
 
-    from skinscan import storage
-    from skinscan.bundle import library_versions, save_bundle
-    from skinscan.models import IMAGENET_MEAN, IMAGENET_STD, create_model, shipped_state
-    from skinscan.training.loop import HIGHER_IS_BETTER, train_loop
-    from skinscan.transforms import PREPROCESSING
+    from skinscan.data import storage
+    from skinscan.data.preprocess import IMAGENET, PREPROCESSING
+    from skinscan.models import create_model, shipped_state
+    from skinscan.models.bundle import Architecture, ModelCard, library_versions, save_bundle
+    from skinscan.training.loop import FAIL_ENV, HIGHER_IS_BETTER, train_loop
 
-    if cfg.task == "segment" and cfg.metric not in ("dice", "iou", "loss"):
-        cfg = cfg.model_copy(update={"metric": "dice"})
-    if cfg.task == "classify" and cfg.metric in ("dice", "iou"):
-        raise SkinScanError(f"metric {cfg.metric} is for segmentation; use balanced_accuracy, accuracy, macro_f1")
-    if cfg.task == "segment" and cfg.model.name != "unet":
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "unet"})})
     out = Path(cfg.output).resolve()
     df, classes = prepare_data(cfg)
     run_name = cfg.resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -185,10 +179,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
         ray.init(address=ray_address, configure_logging=False)
     higher = HIGHER_IS_BETTER[cfg.metric]
     # object-store credentials (and the test hook) reach the workers through their runtime_env, never a file
-    from skinscan.screening.pipeline import storage_env
-    from skinscan.training.loop import FAIL_ENV
-
-    worker_env = {**storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
+    worker_env = {**storage.storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -234,33 +225,32 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     with result.checkpoint.as_directory() as d:
         history = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)["history"]
 
-    model = create_model(cfg.model, num_classes=len(classes) or 1)
+    # the trained state holds every weight: build without pretrained weights (no hub download, no file read)
+    model = create_model(cfg.model.model_copy(update={"pretrained": False}), num_classes=len(classes) or 1)
     ema_weights = best_state.get("ema")  # the weights validation scored when the run kept an EMA
     model.load_state_dict(shipped_state(ema_weights if ema_weights is not None else best_state["model"]))
     best_metrics = {k: v for k, v in best_state["history"][-1].items() if k != "drawn_per_worker"}
-    card = {
-        "task": cfg.task,
-        "architecture": {
-            "name": cfg.model.name,
-            "kwargs": cfg.model.kwargs,
-            "params": sum(p.numel() for p in model.parameters()),
-        },
-        "class_names": classes,
-        "input_size": cfg.model.img_size,
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "preprocessing": PREPROCESSING,
-        "training_config": json.loads(cfg.model_dump_json()),
-        "data_manifest_sha256": manifest_hash(df),
-        "data_counts": {s: int(n) for s, n in counts.items()},
-        "best_epoch": best_state["epoch"],
-        "selection_metric": cfg.metric,
-        "validation_metrics": best_metrics,
-        "epochs_run": len(history),
-        "train_wall_s": round(wall, 1),
-        "ray_run": {"name": run_name, "storage_path": cfg.storage_path},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "library_versions": library_versions(),
-    }
+    card = ModelCard(
+        task=cfg.task,
+        architecture=Architecture(
+            name=cfg.model.name, kwargs=cfg.model.kwargs, params=sum(p.numel() for p in model.parameters())
+        ),
+        class_names=classes,
+        input_size=cfg.model.img_size,
+        normalization=IMAGENET,
+        preprocessing=PREPROCESSING,
+        training_config=json.loads(cfg.model_dump_json()),
+        data_manifest_sha256=manifest_hash(df),
+        data_counts={s: int(n) for s, n in counts.items()},
+        best_epoch=best_state["epoch"],
+        selection_metric=cfg.metric,
+        validation_metrics=best_metrics,
+        epochs_run=len(history),
+        train_wall_s=round(wall, 1),
+        ray_run={"name": run_name, "storage_path": cfg.storage_path},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        library_versions=library_versions(),
+    )
     save_bundle(out, model, card)
     (out / "history.json").write_text(json.dumps(history, indent=2))
     plot_history(history, cfg.metric, out / "training_curves.png")

@@ -4,7 +4,8 @@ Each worker gets the same training rows and draws its shard of one seeded, overs
 (`DistributedOversampler`); the loader is prepared with `add_dist_sampler=False` so Ray keeps that sampler.
 Validation is sharded too and gathered, so every worker computes the same metrics. Every epoch rank 0
 writes a checkpoint (model, optimiser, scheduler, history, best-so-far) and all ranks report; after a
-worker failure Ray restarts the group and the loop resumes from the latest checkpoint.
+worker failure Ray restarts the group and the loop resumes from the latest checkpoint. The optimisation itself
+(one epoch, one validation pass) is in `steps.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import random
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,12 @@ import torch.distributed as dist
 from torch import nn
 
 from skinscan.config import TrainConfig
-from skinscan.datasets import ImageDataset
-from skinscan.metrics import classification_summary, dice_iou
+from skinscan.data.dataset import ImageDataset
+from skinscan.data.sampling import DistributedOversampler
+from skinscan.data.transforms import train_transform
+from skinscan.evaluation.metrics import classification_summary, dice_iou
 from skinscan.models import LogitsAndMask, create_model
-from skinscan.sampling import DistributedOversampler
-from skinscan.transforms import train_transform
+from skinscan.training.steps import Trainee, train_one_epoch, validate
 
 FAIL_ENV = "SKINSCAN_FAIL_AFTER_EPOCH"  # test hook: "<epoch>:<marker file>" fails once after that epoch
 HIGHER_IS_BETTER = {
@@ -110,18 +111,6 @@ def _gather(obj):
     return out
 
 
-def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum((1, 2, 3))
-    return (1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)).mean()
-
-
-def _lesion_mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCE against the lesion fraction of each feature-map cell (the mask average-pooled to the map's size)."""
-    target = nn.functional.adaptive_avg_pool2d(mask, mask_logits.shape[-2:])
-    return nn.functional.binary_cross_entropy_with_logits(mask_logits, target)
-
-
 def _failure_hook(epoch: int) -> None:
     spec = os.environ.get(FAIL_ENV)
     if not spec:
@@ -147,22 +136,13 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def train_loop(config: dict) -> None:
-    import ray.train
+def _loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
+    """(train loader over this worker's oversampled shard, its sampler, validation loader over its shard)."""
     import ray.train.torch
 
-    _quiet_ray_train_reports()
-
-    cfg = TrainConfig.model_validate(config["cfg"])
     segment = cfg.task == "segment"
     aux_mask = not segment and cfg.lesion_mask_weight > 0
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.threads_per_worker)
-    seed_everything(cfg.seed * 1000 + rank)
-    device = ray.train.torch.get_device()
     classes: list[str] = config["classes"]
-    train_rows, val_rows = config["train"], config["val"]
     load_size = int(round(cfg.model.img_size * 1.15))
 
     def dataset(rows, transform, size, masks=False):
@@ -171,11 +151,11 @@ def train_loop(config: dict) -> None:
         mask_uris = [r["mask_uri"] for r in rows] if segment or masks else None
         return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cfg.cache_images)
 
+    train_rows, val_rows = config["train"], config["val"]
     train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, masks=aux_mask)
     val_ds = dataset(val_rows, None, cfg.model.img_size)
-    train_labels = [r.get("label") or "?" for r in train_rows]
     sampler = DistributedOversampler(
-        train_labels,
+        [r.get("label") or "?" for r in train_rows],
         world,
         rank,
         cfg.seed,
@@ -186,147 +166,160 @@ def train_loop(config: dict) -> None:
         train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=0, drop_last=len(sampler) > cfg.batch_size
     )
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
-    val_idx = list(range(rank, len(val_ds), world))
-    val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, val_idx), batch_size=cfg.batch_size * 2)
-    val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
+    val_subset = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
+    val_loader = torch.utils.data.DataLoader(val_subset, batch_size=cfg.batch_size * 2)
+    return loader, sampler, ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
 
-    model = create_model(cfg.model, num_classes=len(classes))
-    if aux_mask:
+
+def _trainee(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) -> Trainee:
+    import ray.train.torch
+
+    model = create_model(cfg.model, num_classes=num_classes)
+    if cfg.task == "classify" and cfg.lesion_mask_weight > 0:
         model = LogitsAndMask(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model.to(memory_format=memory_format))
     unwrapped = model.module if hasattr(model, "module") else model
-    ema = make_ema(unwrapped, cfg.ema_decay)
-    eval_model = ema.module if ema else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     )
-    use_amp = cfg.amp and bf16_autocast_supported(device)
-    if rank == 0:
-        _say(f"[train] {device.type}, {'bf16 autocast' if use_amp else 'fp32'}, {memory_format}")
-    mixer = None if segment else make_mixer(cfg, len(classes))
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if mixer else cfg.label_smoothing)  # mixer smooths targets
+    device = ray.train.torch.get_device()
+    mixer = None if cfg.task == "segment" else make_mixer(cfg, num_classes)
+    return Trainee(
+        model=model,
+        unwrapped=unwrapped,
+        opt=opt,
+        sched=sched,
+        ema=make_ema(unwrapped, cfg.ema_decay),
+        criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer else cfg.label_smoothing),  # mixer smooths
+        mixer=mixer,
+        device=device,
+        memory_format=memory_format,
+        use_amp=cfg.amp and bf16_autocast_supported(device),
+        task=cfg.task,
+        lesion_mask_weight=cfg.lesion_mask_weight,
+    )
 
-    start_epoch, history, best = 0, [], None
+
+def _restore(t: Trainee) -> tuple[int, list, dict | None]:
+    """(first epoch to run, history, best so far) from Ray Train's latest checkpoint, or a fresh start."""
+    import ray.train
+
     ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-        unwrapped.load_state_dict(state["model"])
-        if ema:
-            ema.module.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+    if not ckpt:
+        return 0, [], None
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    t.unwrapped.load_state_dict(state["model"])
+    if t.ema:
+        t.ema.module.load_state_dict(state["ema"])
+    t.opt.load_state_dict(state["optimizer"])
+    t.sched.load_state_dict(state["scheduler"])
+    return state["epoch"] + 1, state["history"], state["best"]
+
+
+def _epoch_metrics(gathered: list, epoch: int, t: Trainee, classes: list[str], t0: float, train_time: float) -> dict:
+    """Metrics over all workers' validation shards and training counts (every rank computes the same)."""
+    all_p = np.concatenate([p for g in gathered for p in g[0]])
+    all_t = np.concatenate([y for g in gathered for y in g[1]])
+    n_train = sum(g[3] for g in gathered)
+    metrics: dict = {
+        "epoch": epoch,
+        "val_loss": sum(g[2] for g in gathered) / max(1, len(all_t)),
+        "train_loss": sum(g[4] for g in gathered) / max(1, n_train),
+        "lr": t.sched.get_last_lr()[0],
+        "epoch_time_s": time.time() - t0,
+        "train_images_per_s": n_train / max(1e-9, train_time),
+    }
+    if t.segment:
+        metrics["dice"], metrics["iou"] = dice_iou(all_p, all_t)
+    else:
+        metrics.update(classification_summary(all_t, all_p, len(classes)))
+        metrics["drawn_per_worker"] = [{classes[k]: v for k, v in sorted(g[5].items())} for g in gathered]
+    metrics["loss"] = metrics["val_loss"]
+    return metrics
+
+
+def _save_and_report(t: Trainee, rank: int, epoch: int, history: list, best: dict, metrics: dict) -> None:
+    """Rank 0 writes the checkpoint; every rank reports (Ray Train needs all of them)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
         if rank == 0:
-            _say(f"[train] resumed from checkpoint after epoch {state['epoch'] + 1}")  # 1-based, as epoch lines
+            torch.save(
+                {
+                    "model": t.unwrapped.state_dict(),
+                    "ema": t.ema.module.state_dict() if t.ema else None,
+                    "optimizer": t.opt.state_dict(),
+                    "scheduler": t.sched.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best": best,
+                },
+                Path(tmp) / "state.pt",
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(
+            {k: v for k, v in metrics.items() if k != "drawn_per_worker"}
+            | {"drawn_per_worker": str(metrics.get("drawn_per_worker"))},
+            checkpoint=checkpoint,
+        )
+
+
+def _over_budget(cfg: TrainConfig, t_start: float, epochs_done: int, device: torch.device) -> bool:
+    """Whether another epoch would exceed `time_budget_min` on any worker (the flag lives on the device the
+    process group's backend reduces on: CUDA for NCCL, CPU for gloo)."""
+    if not cfg.time_budget_min:
+        return False
+    elapsed = time.time() - t_start
+    per_epoch = elapsed / max(1, epochs_done)
+    flag_device = device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
+    stop = torch.tensor([float(elapsed + per_epoch > cfg.time_budget_min * 60)], device=flag_device)
+    if dist.is_initialized():
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    return bool(stop.item())
+
+
+def train_loop(config: dict) -> None:
+    import ray.train
+
+    _quiet_ray_train_reports()
+    cfg = TrainConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads_per_worker)
+    seed_everything(cfg.seed * 1000 + rank)
+    classes: list[str] = config["classes"]
+    loader, sampler, val_loader = _loaders(cfg, config, rank, world)
+    t = _trainee(cfg, len(classes), max(1, len(loader)))
+    if rank == 0:
+        _say(f"[train] {t.device.type}, {'bf16 autocast' if t.use_amp else 'fp32'}, {t.memory_format}")
+    start_epoch, history, best = _restore(t)
+    if start_epoch and rank == 0:
+        _say(f"[train] resumed from checkpoint after epoch {start_epoch}")  # 1-based, as epoch lines
 
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         sampler.set_epoch(epoch)
         seed_everything(cfg.seed * 100_003 + epoch * 1009 + rank)  # augmentations: same after a resume
-        model.train()
-        drawn: Counter = Counter()
-        loss_sum, n_seen = 0.0, 0
-        for x, y, *mask in loader:
-            if not segment:
-                drawn.update(y.tolist())
-            x, target = mixer(x, y) if mixer else (x, y)
-            x = x.contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(x)
-                if aux_mask:
-                    out, mask_logits = out
-                if segment:
-                    loss = nn.functional.binary_cross_entropy_with_logits(out, y) + _dice_loss(out, y)
-                else:
-                    loss = criterion(out.float(), target)  # class indices or mixed soft targets
-                    if aux_mask:
-                        loss = loss + cfg.lesion_mask_weight * _lesion_mask_loss(mask_logits.float(), mask[0])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(unwrapped, step=sched.last_epoch)
-            loss_sum += float(loss.detach()) * len(x)
-            n_seen += len(x)
+        loss_sum, n_seen, drawn = train_one_epoch(t, loader)
         train_time = time.time() - t0
-
-        eval_model.eval()
-        preds, truths, vloss = [], [], 0.0
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            for x, y in val_loader:
-                out = eval_model(x.contiguous(memory_format=memory_format))
-                out = (out[0] if aux_mask else out).float()
-                if segment:
-                    vloss += (
-                        float(nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum")) / out[0].numel()
-                    )
-                    preds.append((out > 0).cpu().numpy()[:, 0])
-                    truths.append(y.cpu().numpy()[:, 0] > 0.5)
-                else:
-                    vloss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-                    preds.append(out.argmax(1).cpu().numpy())
-                    truths.append(y.cpu().numpy())
+        preds, truths, vloss = validate(t, val_loader)
         gathered = _gather((preds, truths, vloss, n_seen, loss_sum, dict(drawn)))
-        all_p = np.concatenate([p for g in gathered for p in g[0]])
-        all_t = np.concatenate([t for g in gathered for t in g[1]])
-        n_val = len(all_t)
-        metrics: dict = {
-            "epoch": epoch,
-            "val_loss": sum(g[2] for g in gathered) / max(1, n_val),
-            "train_loss": sum(g[4] for g in gathered) / max(1, sum(g[3] for g in gathered)),
-            "lr": sched.get_last_lr()[0],
-            "epoch_time_s": time.time() - t0,
-            "train_images_per_s": sum(g[3] for g in gathered) / max(1e-9, train_time),
-        }
-        if segment:
-            metrics["dice"], metrics["iou"] = dice_iou(all_p, all_t)
-        else:
-            metrics.update(classification_summary(all_t, all_p, len(classes)))
-            metrics["drawn_per_worker"] = [{classes[k]: v for k, v in sorted(g[5].items())} for g in gathered]
-        metrics["loss"] = metrics["val_loss"]
+        metrics = _epoch_metrics(gathered, epoch, t, classes, t0, train_time)
         score = metrics[cfg.metric]
-        better = HIGHER_IS_BETTER[cfg.metric]
-        if best is None or (score > best["score"] if better else score < best["score"]):
+        higher = HIGHER_IS_BETTER[cfg.metric]
+        if best is None or (score > best["score"] if higher else score < best["score"]):
             best = {"epoch": epoch, "score": score, "metric": cfg.metric}
         metrics["best_epoch"], metrics["best_score"] = best["epoch"], best["score"]
         history.append({k: v for k, v in metrics.items() if k != "drawn_per_worker"})
         history[-1]["drawn_per_worker"] = metrics.get("drawn_per_worker")
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save(
-                    {
-                        "model": unwrapped.state_dict(),
-                        "ema": ema.module.state_dict() if ema else None,
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "epoch": epoch,
-                        "history": history,
-                        "best": best,
-                    },
-                    Path(tmp) / "state.pt",
-                )
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(
-                {k: v for k, v in metrics.items() if k != "drawn_per_worker"}
-                | {"drawn_per_worker": str(metrics.get("drawn_per_worker"))},
-                checkpoint=checkpoint,
-            )
+        _save_and_report(t, rank, epoch, history, best, metrics)
         _failure_hook(epoch)
-        if cfg.time_budget_min:
-            elapsed = time.time() - t_start
-            per_epoch = elapsed / (epoch - start_epoch + 1)
-            stop = torch.tensor([float(elapsed + per_epoch > cfg.time_budget_min * 60)])
-            if dist.is_initialized():
-                dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-            if stop.item() and epoch + 1 < cfg.epochs:
-                if rank == 0:
-                    _say(f"[train] time budget {cfg.time_budget_min} min reached after epoch {epoch}")
-                break
+        if epoch + 1 < cfg.epochs and _over_budget(cfg, t_start, epoch - start_epoch + 1, t.device):
+            if rank == 0:
+                _say(f"[train] time budget {cfg.time_budget_min} min reached after epoch {epoch}")
+            break

@@ -1,7 +1,8 @@
-"""Submitting SkinScan jobs to a Ray cluster through Ray's JobSubmissionClient.
+"""Ray jobs: submitting them to a cluster (Ray's JobSubmissionClient) and the entry every `jobs/*.py` runs.
 
 The job's config is validated here first (a bad value fails before anything is sent), then travels with the
-job as JSON in the `SKINSCAN_CONFIG_JSON` environment variable; the project directory is the working_dir.
+job as JSON in the `SKINSCAN_CONFIG_JSON` environment variable; the project directory is the working_dir and
+the entrypoint is `python -m jobs.<name> --from-env`.
 Object-store credentials are taken from this environment (AWS_*, GOOGLE_*, ...) and passed as env vars of
 the job, never written to a file. With token authentication (RAY_AUTH_MODE=token) Ray's client sends the
 token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
@@ -12,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from skinscan.config import ScreenConfig, Section, TrainConfig, load_config
+from skinscan.config import JOB_CONFIGS, load_config, validate
+from skinscan.data.storage import storage_env
 from skinscan.errors import SkinScanError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,38 +28,8 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 EXCLUDES = [".venv", "runs", "**/__pycache__", "*.onnx", "*.engine", ".pytest_cache", ".ruff_cache"]
 
 
-class ConvertJob(Section):
-    model: str
-    to: str = "onnx"
-    fp16: bool = False
-    with_features: bool = True
-    opset: int = 18
-    parity_images: str | None = None
-    max_abs_diff: float | None = None
-    min_agreement: float = 1.0
-
-
-class EvaluateJob(Section):
-    model: str
-    data: str
-    split: str | None = None
-    output: str | None = None
-    allow_overlap: bool = False
-    backend: str = "onnxruntime"
-
-
-JOB_CONFIGS: dict[str, type[BaseModel]] = {
-    "train": TrainConfig,
-    "screen": ScreenConfig,
-    "convert": ConvertJob,
-    "evaluate": EvaluateJob,
-}
-
-
 def config_from_env(model: type[BaseModel]):
     """Inside a submitted job: the validated config that `submit` sent, or None."""
-    from skinscan.config import validate
-
     raw = os.environ.get(CONFIG_ENV)
     return validate(model, json.loads(raw)) if raw else None
 
@@ -82,8 +55,6 @@ def submit(
     timeout_s: float | None = None,
 ) -> tuple[str, str]:
     """Submit; returns (job_id, final status or 'SUBMITTED')."""
-    from skinscan.screening.pipeline import storage_env
-
     if job not in JOB_CONFIGS:
         raise SkinScanError(f"unknown job {job!r}; choose from {sorted(JOB_CONFIGS)}")
     cfg = load_config(JOB_CONFIGS[job], config, overrides)
@@ -97,7 +68,7 @@ def submit(
         runtime_env["pip"] = pip
     try:
         job_id = client.submit_job(
-            entrypoint=f"python jobs/{job}.py --from-env", runtime_env=runtime_env, metadata={"skinscan_job": job}
+            entrypoint=f"python -m jobs.{job} --from-env", runtime_env=runtime_env, metadata={"skinscan_job": job}
         )
     except (RuntimeError, ConnectionError) as err:
         raise SkinScanError(f"submission refused: {str(err).strip().splitlines()[0]}") from None
@@ -133,3 +104,31 @@ def failure_reason(client, job_id: str) -> str:
         if "error" in line.lower():
             return line.strip()
     return (info.message or "no reason given").strip().splitlines()[-1]
+
+
+def job_main(job: str, run: Callable[[BaseModel], object], argv: list[str] | None = None) -> int:
+    """The whole of a `jobs/<job>.py`: read the config (`--config FILE --set KEY=VALUE ...`, or `--from-env` as
+    `skinscan submit` sends it), validate it, call the library's `run(cfg)`; user errors are one line, exit 2."""
+    import argparse
+    import sys
+
+    model = JOB_CONFIGS[job]
+    p = argparse.ArgumentParser(
+        prog=f"python -m jobs.{job}", description=f"SkinScan Ray job: {job} ({model.__name__})."
+    )
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--from-env", action="store_true", help=f"read the validated config from ${CONFIG_ENV}")
+    a = p.parse_args(argv)
+    try:
+        if a.from_env:
+            cfg = config_from_env(model)
+            if cfg is None:
+                raise SkinScanError(f"--from-env given but {CONFIG_ENV} is not set")
+        else:
+            cfg = load_config(model, a.config, a.set)
+        run(cfg)
+        return 0
+    except SkinScanError as err:
+        print(f"skinscan: error: {err}", file=sys.stderr)
+        return 2

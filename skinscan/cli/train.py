@@ -15,7 +15,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from skinscan.cli import add_config_args
+    from skinscan.cli.common import add_config_args
 
     p = sub.add_parser("train", help="train a classifier or U-Net segmenter with Ray Train; writes a model bundle")
     add_config_args(p)

@@ -87,8 +87,8 @@ def decode_image(
 
 
 def read_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
-    """Read and decode one image from any URI (see `skinscan.storage`)."""
-    from skinscan.storage import read_bytes
+    """Read and decode one image from any URI (see `skinscan.data.storage`)."""
+    from skinscan.data.storage import read_bytes
 
     try:
         data = read_bytes(uri)

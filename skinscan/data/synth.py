@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from skinscan.config import SynthConfig
-from skinscan.taxonomy import ISIC2019_CLASSES, ISIC2019_OUTPUT_COLUMNS
+from skinscan.data.taxonomy import ISIC2019_CLASSES, ISIC2019_OUTPUT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -182,12 +182,3 @@ def generate(cfg: SynthConfig, progress: bool = True) -> pd.DataFrame:
     if out.suffix:
         tmp.replace(out)
     return gt
-
-
-def mask_uri_for(image_uri: str) -> str:
-    """The mask URI convention shared by synthetic data and HAM10000: masks/<id>_segmentation.png."""
-    from skinscan import storage
-
-    image_id = storage.stem(image_uri)
-    par = storage.parent(storage.parent(image_uri))
-    return storage.join(par, f"masks/{image_id}_segmentation.png")

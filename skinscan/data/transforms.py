@@ -1,23 +1,12 @@
-"""Image preprocessing shared by training, evaluation, explanation and screening (pure CPU functions)."""
+"""Training-time augmentation (torchvision v2, image and mask jointly) and the tensor form of normalisation."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torchvision.transforms import v2
 
 from skinscan.config import AugmentConfig
-from skinscan.models import IMAGENET_MEAN, IMAGENET_STD
-
-PREPROCESSING = "decode (EXIF-oriented RGB) -> resize to input_size x input_size (bilinear) -> /255 -> normalise"
-
-
-def normalize_batch(batch_u8: np.ndarray | torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """NHWC uint8 -> NCHW float32, normalised: the input every backend expects."""
-    x = np.asarray(batch_u8, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
-    m = np.asarray(mean, np.float32)[None, :, None, None]
-    s = np.asarray(std, np.float32)[None, :, None, None]
-    return np.ascontiguousarray((x - m) / s)
+from skinscan.data.preprocess import IMAGENET, Normalization
 
 
 def train_transform(img_size: int, aug: AugmentConfig) -> v2.Compose:
@@ -36,6 +25,7 @@ def train_transform(img_size: int, aug: AugmentConfig) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def to_model_input(img_u8_chw: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+def to_model_input(img_u8_chw: torch.Tensor, norm: Normalization = IMAGENET) -> torch.Tensor:
+    """CHW uint8 tensor -> normalised float tensor (the torch twin of `preprocess.normalize_batch`)."""
     x = img_u8_chw.float() / 255.0
-    return v2.functional.normalize(x, list(mean), list(std))
+    return v2.functional.normalize(x, list(norm.mean), list(norm.std))

@@ -1,26 +1,17 @@
-"""The `skinscan` command line. Each subcommand is a thin layer over the library or a `jobs/` entrypoint."""
+"""`skinscan data manifest|split|overlap|synth`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from skinscan.errors import SkinScanError
+from skinscan.cli.common import print_table
 
 
-def _print_table(title: str, rows: dict) -> None:
-    print(title)
-    width = max((len(str(k)) for k in rows), default=4)
-    for k, v in rows.items():
-        print(f"  {str(k):<{width}}  {v}")
-
-
-# ---------------------------------------------------------------- data
 def cmd_data_manifest(a: argparse.Namespace) -> int:
     from skinscan.config import DataConfig, save_config, validate
-    from skinscan.manifest import build_manifest, class_counts, write_manifest
+    from skinscan.data.manifest import build_manifest, class_counts, write_manifest
 
     cfg = validate(
         DataConfig,
@@ -40,15 +31,15 @@ def cmd_data_manifest(a: argparse.Namespace) -> int:
     save_config(cfg, out.parent, out.stem + ".config.yaml")
     print(f"{len(df)} images, source {df['source'].iloc[0]} -> {out}")
     if df["label"].notna().any():
-        _print_table("class counts:", class_counts(df))
+        print_table("class counts:", class_counts(df))
     return 0
 
 
 def cmd_data_split(a: argparse.Namespace) -> int:
     from skinscan.config import DataConfig, SplitConfig, save_config, validate
-    from skinscan.manifest import build_manifest, class_counts, write_manifest
-    from skinscan.sampling import oversample_frame
-    from skinscan.splits import check_lesions_disjoint, split_manifest
+    from skinscan.data.manifest import build_manifest, class_counts, write_manifest
+    from skinscan.data.sampling import oversample_frame
+    from skinscan.data.splits import check_lesions_disjoint, split_manifest
 
     split_cfg = validate(SplitConfig, {"val_fraction": a.val, "test_fraction": a.test, "seed": a.seed})
     df = build_manifest(validate(DataConfig, {"source": a.manifest}))
@@ -69,8 +60,8 @@ def cmd_data_split(a: argparse.Namespace) -> int:
 
 def cmd_data_overlap(a: argparse.Namespace) -> int:
     from skinscan.config import DataConfig, validate
-    from skinscan.manifest import build_manifest, write_manifest
-    from skinscan.splits import remove_overlap
+    from skinscan.data.manifest import build_manifest, write_manifest
+    from skinscan.data.splits import remove_overlap
 
     train = build_manifest(validate(DataConfig, {"source": a.train}))
     test = build_manifest(validate(DataConfig, {"source": a.test}))
@@ -85,7 +76,7 @@ def cmd_data_overlap(a: argparse.Namespace) -> int:
 
 def cmd_data_synth(a: argparse.Namespace) -> int:
     from skinscan.config import SynthConfig, load_config, save_config
-    from skinscan.synth import generate
+    from skinscan.data.synth import generate
 
     over = [f"output={a.output}"] + list(a.set or [])
     if a.n is not None:
@@ -97,11 +88,11 @@ def cmd_data_synth(a: argparse.Namespace) -> int:
     cfg = load_config(SynthConfig, a.config, over)
     gt = generate(cfg, progress=not a.quiet)
     save_config(cfg, Path(cfg.output).parent, Path(cfg.output).name.split(".")[0] + ".config.yaml")
-    _print_table(f"{len(gt)} synthetic images -> {cfg.output}", gt["label"].value_counts().to_dict())
+    print_table(f"{len(gt)} synthetic images -> {cfg.output}", gt["label"].value_counts().to_dict())
     return 0
 
 
-def _add_data(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="manifests, splits, overlap checks, synthetic data")
     dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{manifest,split,overlap,synth}")
 
@@ -138,72 +129,3 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     y.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     y.add_argument("-q", "--quiet", action="store_true")
     y.set_defaults(func=cmd_data_synth)
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (see configs/)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set epochs=3 --set model.img_size=128",
-    )
-
-
-SUBCOMMAND_MODULES: list[str] = [
-    "skinscan.commands_train",
-    "skinscan.commands_convert",
-    "skinscan.commands_explain",
-    "skinscan.commands_evaluate",
-    "skinscan.commands_screen",
-    "skinscan.commands_demo",
-    "skinscan.commands_jobs",
-    "skinscan.commands_bench",
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    parser = argparse.ArgumentParser(prog="skinscan", description="Screen dermoscopy images at scale on Ray.")
-    from skinscan import __version__
-
-    parser.add_argument("--version", action="version", version=f"skinscan {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    _add_data(sub)
-    for mod in SUBCOMMAND_MODULES:
-        importlib.import_module(mod).add_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SkinScanError as err:
-        print(f"skinscan: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("skinscan: interrupted", file=sys.stderr)
-        return 130
-
-
-def run_job_from_env(model, fn) -> int:
-    """Entry of a submitted job: validate the config sent in SKINSCAN_CONFIG_JSON, run, one-line errors."""
-    from skinscan.jobs_client import config_from_env
-
-    try:
-        cfg = config_from_env(model)
-        if cfg is None:
-            raise SkinScanError("--from-env given but SKINSCAN_CONFIG_JSON is not set")
-        fn(cfg)
-        return 0
-    except SkinScanError as err:
-        print(f"skinscan: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from skinscan import storage
 from skinscan.config import DataConfig
+from skinscan.data import storage
+from skinscan.data.taxonomy import HAM_DX_TO_ISIC, ISIC2019_CLASSES, ISIC2019_OUTPUT_COLUMNS, ham_dx_to_isic
 from skinscan.errors import DataError
-from skinscan.taxonomy import HAM_DX_TO_ISIC, ISIC2019_CLASSES, ISIC2019_OUTPUT_COLUMNS, ham_dx_to_isic
 
 MANIFEST_COLUMNS = ["image_id", "uri", "label", "lesion_id", "source", "sha256"]
 ISIC_GT_NAME = "ISIC_2019_Training_GroundTruth.csv"

@@ -23,9 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from jobs.convert import run
+    from conversion.convert import run
+    from skinscan.config import ConvertConfig, validate
 
-    stats = run(
+    cfg = validate(
+        ConvertConfig,
         {
             "model": a.model,
             "to": a.to,
@@ -35,7 +37,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
             "parity_images": a.parity_images,
             "max_abs_diff": a.max_abs_diff,
             "min_agreement": a.min_agreement,
-        }
+        },
     )
+    stats = run(cfg)
     print(json.dumps(stats, indent=2))
     return 0

@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from skinscan.cli import add_config_args
+    from skinscan.cli.common import add_config_args
 
     p = sub.add_parser("screen", help="stream an archive through segmentation, classification, explanation")
     add_config_args(p)
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_screen(a: argparse.Namespace) -> int:
     from skinscan.config import ScreenConfig, load_config
-    from skinscan.screening.pipeline import print_summary, screen
+    from skinscan.screening.pipeline import run
 
     over = list(a.set)
     for key in ("model", "input", "output", "segmenter", "explain", "backend"):
@@ -37,11 +37,10 @@ def cmd_screen(a: argparse.Namespace) -> int:
             over.append(f"{key}={getattr(a, key)}")
     cfg = load_config(ScreenConfig, a.config, over)
     try:
-        summary = screen(cfg, ray_address=a.address)
+        summary = run(cfg, ray_address=a.address)
     except KeyboardInterrupt as err:
         print(f"skinscan: interrupted: {err}", file=sys.stderr)
         return 130
-    print_summary(summary)
     return 0 if summary["complete"] else 1
 
 

@@ -20,34 +20,23 @@ def energy_in_mask(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def localization_check(
     bundle, uris: list[str], mask_uris: list[str], method: str = "fast", batch_size: int = 32
 ) -> dict:
-    """Mean energy share inside the lesion vs mean lesion area share, over the given images."""
+    """Mean energy share inside the lesion vs mean lesion area share, over the given images (maps of the
+    predicted class)."""
     import torch
 
-    from skinscan.bundle import load_bundle
-    from skinscan.datasets import read_mask
-    from skinscan.explain.attention import attention_maps
-    from skinscan.explain.cam import cam_from_features, gradcam
-    from skinscan.imageio import read_image, resize_square
-    from skinscan.models import LogitsAndFeatures, head_weights
-    from skinscan.transforms import normalize_batch
+    from skinscan.data.masks import read_mask
+    from skinscan.data.preprocess import load_batch
+    from skinscan.explain.registry import explain, get_method
+    from skinscan.models.bundle import load_bundle
 
     model, card = load_bundle(bundle)
-    size = card["input_size"]
+    get_method(method, card.architecture.name)
+    size = card.input_size
     shares, areas = [], []
     for i in range(0, len(uris), batch_size):
-        imgs = np.stack([resize_square(read_image(u, draft_size=size), size) for u in uris[i : i + batch_size]])
+        x = torch.from_numpy(load_batch(uris[i : i + batch_size], size, card.normalization))
         masks = np.stack([read_mask(u, size) for u in mask_uris[i : i + batch_size]]).astype(bool)
-        x = torch.from_numpy(normalize_batch(imgs))
-        if method == "attention":
-            maps = attention_maps(model, x, (size, size))
-        elif method == "fast":
-            with torch.no_grad():
-                logits, f = LogitsAndFeatures(model)(x)
-            cls = logits.argmax(1).numpy()
-            w, _ = head_weights(model)
-            maps = cam_from_features(f.numpy(), w.numpy(), cls, (size, size))
-        else:
-            maps = gradcam(model, x, None, method)
+        maps = explain(method, model, x, out_size=(size, size))  # maps of the predicted class
         shares.append(energy_in_mask(maps, masks))
         areas.append(masks.reshape(len(masks), -1).mean(1))
     share, area = np.concatenate(shares), np.concatenate(areas)

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from skinscan.errors import ConfigError, ImageDecodeError
-
-METHOD_CHOICES = ["fast", "gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam", "layercam", "attention"]
+from skinscan.explain.registry import METHODS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default="fast",
-        choices=METHOD_CHOICES,
-        help="fast: forward-only CAM (= Grad-CAM for avg-pool + linear heads)",
+        choices=list(METHODS),
+        help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()),
     )
     p.add_argument("--class", dest="cls", help="explain this class instead of the predicted one")
     p.add_argument("--segmenter", help="U-Net bundle: draw the lesion contour")
@@ -35,37 +34,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_explain)
 
 
-def maps_for(model, card, x, method: str, classes: list[int]) -> np.ndarray:
-    import torch
-
-    from skinscan.explain.attention import attention_maps
-    from skinscan.explain.cam import cam_from_features, gradcam
-    from skinscan.models import LogitsAndFeatures, head_weights
-
-    size = (card["input_size"], card["input_size"])
-    if method == "attention":
-        return attention_maps(model, x, size)
-    if method == "fast":
-        with torch.no_grad():
-            _, f = LogitsAndFeatures(model)(x)
-        return cam_from_features(f.numpy(), head_weights(model)[0].numpy(), np.asarray(classes), size)
-    return gradcam(model, x, classes, method)
-
-
 def cmd_explain(a: argparse.Namespace) -> int:
     import torch
 
-    from skinscan import storage
-    from skinscan.bundle import load_bundle
+    from skinscan.data import storage
+    from skinscan.data.imageio import read_image, resize_square
+    from skinscan.data.preprocess import normalize_batch
     from skinscan.explain.overlay import overlay, save_png
-    from skinscan.imageio import read_image, resize_square
-    from skinscan.transforms import normalize_batch
+    from skinscan.explain.registry import explain, get_method
+    from skinscan.models.bundle import load_bundle
 
     if a.localization:
         from skinscan.config import DataConfig
-        from skinscan.explain.localization import localization_check
-        from skinscan.manifest import build_manifest
-        from skinscan.synth import mask_uri_for
+        from skinscan.data.manifest import build_manifest
+        from skinscan.data.masks import mask_uri_for
+        from skinscan.evaluation.localization import localization_check
 
         df = build_manifest(DataConfig(source=a.localization, hash=False)).head(a.n)
         rep = localization_check(a.model, df["uri"].tolist(), [mask_uri_for(u) for u in df["uri"]], a.method)
@@ -74,13 +57,14 @@ def cmd_explain(a: argparse.Namespace) -> int:
     if not a.images:
         raise ConfigError("give image files to explain, or --localization DATA")
     model, card = load_bundle(a.model)
-    if card["task"] != "classify":
-        raise ConfigError(f"{a.model} is a {card['task']} bundle; --model needs a classifier")
-    names = card["class_names"]
+    if card.task != "classify":
+        raise ConfigError(f"{a.model} is a {card.task} bundle; --model needs a classifier")
+    get_method(a.method, card.architecture.name)
+    names = card.class_names
     if a.cls and a.cls not in names:
         raise ConfigError(f"--class {a.cls}: the model knows {names}")
     seg = load_bundle(a.segmenter)[0] if a.segmenter else None
-    size = card["input_size"]
+    size = card.input_size
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
     for uri in a.images:
@@ -89,12 +73,11 @@ def cmd_explain(a: argparse.Namespace) -> int:
         except ImageDecodeError as err:
             print(f"skipped {err}")
             continue
-        arr = resize_square(im, size)
-        x = torch.from_numpy(normalize_batch(arr[None]))
+        x = torch.from_numpy(normalize_batch(resize_square(im, size)[None], card.normalization))
         with torch.no_grad():
             probs = torch.softmax(model(x), 1)[0].numpy()
         cls = names.index(a.cls) if a.cls else int(probs.argmax())
-        heat = maps_for(model, card, x, a.method, [cls])[0]
+        heat = explain(a.method, model, x, [cls], out_size=(size, size))[0]
         mask = None
         if seg is not None:
             with torch.no_grad():

@@ -17,16 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from jobs.evaluate import run
+    from skinscan.config import EvaluateConfig, validate
+    from skinscan.evaluation.run import run
 
-    run(
-        {
-            "model": a.model,
-            "data": a.data,
-            "split": a.split,
-            "output": a.output,
-            "allow_overlap": a.allow_overlap,
-            "backend": a.backend,
-        }
-    )
+    fields = ("model", "data", "split", "output", "allow_overlap", "backend")
+    run(validate(EvaluateConfig, {k: getattr(a, k) for k in fields}))
     return 0

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 
-from skinscan import storage
-from skinscan.imageio import read_image, resize_square
-from skinscan.transforms import to_model_input
-
-
-def read_mask(uri: str, size: int) -> np.ndarray:
-    """A lesion mask resized to size x size, thresholded at 128 (anti-aliased masks)."""
-    im = Image.open(io.BytesIO(storage.read_bytes(uri))).convert("L")
-    return (resize_square(im, size, Image.BILINEAR) >= 128).astype(np.uint8)
+from skinscan.data.masks import read_mask
+from skinscan.data.preprocess import load_image
+from skinscan.data.transforms import to_model_input
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -41,7 +32,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def image(self, i: int) -> np.ndarray:
         if i in self._img:
             return self._img[i]
-        arr = resize_square(read_image(self.uris[i], draft_size=self.load_size), self.load_size)
+        arr = load_image(self.uris[i], self.load_size)
         if self.cache:
             self._img[i] = arr
         return arr

@@ -166,3 +166,13 @@ def stem(uri: str) -> str:
     chained = split_chained(uri)
     name = posixpath.basename(chained[1] if chained else uri)
     return name.split(".", 1)[0]
+
+
+STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "AZURE_STORAGE_")
+
+
+def storage_env() -> dict[str, str]:
+    """Object-store settings and credentials from this process's environment, passed on to Ray workers."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    from skinscan.jobs_client import _client, failure_reason, submit
+    from skinscan.submission import _client, failure_reason, submit
 
     job_id, status = submit(a.job, a.config, a.set, a.address, a.pip, a.follow, a.timeout)
     if not a.follow:
@@ -39,7 +39,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 
 def cmd_jobs(a: argparse.Namespace) -> int:
-    from skinscan.jobs_client import _client
+    from skinscan.submission import _client
 
     client = _client(a.address)
     if a.action == "list":

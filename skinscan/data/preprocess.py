@@ -1,0 +1,47 @@
+"""The one input path: read -> decode -> resize -> normalise, exactly as every model in SkinScan sees an image.
+
+Training (`ImageDataset`), evaluation, explanation, conversion parity checks, screening and the benchmarks all
+go through these functions, with the normalisation recorded in the model bundle's card (`card.normalization`),
+so a model is never fed an image prepared differently from the ones it was trained and checked on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from skinscan.data.imageio import read_image, resize_square
+
+
+class Normalization(BaseModel):
+    """Per-channel mean and std applied after scaling pixels to [0, 1]."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+PREPROCESSING = "decode (EXIF-oriented RGB) -> resize to input_size x input_size (bilinear) -> /255 -> normalise"
+
+
+def load_image(uri: str, size: int) -> np.ndarray:
+    """One image as size x size x 3 uint8 (JPEGs decoded at reduced scale when that is enough)."""
+    return resize_square(read_image(uri, draft_size=size), size)
+
+
+def normalize_batch(batch_u8: np.ndarray, norm: Normalization | None = None) -> np.ndarray:
+    """NHWC uint8 -> NCHW float32, normalised: the input every backend expects."""
+    norm = norm or IMAGENET
+    x = np.asarray(batch_u8, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
+    m = np.asarray(norm.mean, np.float32)[None, :, None, None]
+    s = np.asarray(norm.std, np.float32)[None, :, None, None]
+    return np.ascontiguousarray((x - m) / s)
+
+
+def load_batch(uris: Sequence[str], size: int, norm: Normalization | None = None) -> np.ndarray:
+    """Model input (NCHW float32) for a list of image URIs; a bad image raises `ImageDecodeError`."""
+    return normalize_batch(np.stack([load_image(u, size) for u in uris]), norm)

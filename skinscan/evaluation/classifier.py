@@ -1,0 +1,283 @@
+"""Classifier evaluation: predictions over a labelled set, two passes, the ISIC metric, leakage guard, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from skinscan.config import DataConfig
+from skinscan.data.manifest import build_manifest
+from skinscan.data.sampling import oversample_indices
+from skinscan.data.splits import overlap_mask
+from skinscan.data.taxonomy import merge_to_ham
+from skinscan.errors import DataError, ImageDecodeError, LeakageError
+from skinscan.models.bundle import read_card
+
+OVERSAMPLED_NOTE = (
+    "The oversampled pass repeats minority-class images (random duplication up to the largest class, "
+    "as in the study). It does not estimate real-world performance; read the raw pass for that."
+)
+
+
+def select_eval_set(bundle: Path, data: str, split: str | None) -> pd.DataFrame:
+    df = build_manifest(DataConfig(source=data))
+    if split:
+        if "split" not in df or df["split"].isna().all():
+            trained = pd.read_parquet(bundle / "train_manifest.parquet", columns=["image_id", "split"])
+            df = df.merge(trained, on="image_id", how="left")
+            if df["split"].isna().all():
+                raise DataError(
+                    f"--split {split}: {data} has no split column and none of its images are in the "
+                    f"model's training manifest"
+                )
+        df = df[df["split"] == split].reset_index(drop=True)
+        if df.empty:
+            raise DataError(f"--split {split}: no images in that split")
+    return df
+
+
+def leakage_check(bundle: Path, df: pd.DataFrame) -> dict:
+    """Images of the evaluation set seen in training or validation (by image_id, content hash, lesion)."""
+    path = bundle / "train_manifest.parquet"
+    if not path.exists():
+        return {"checked": False, "reason": "the bundle has no training manifest"}
+    seen = pd.read_parquet(path)
+    if "split" in seen:
+        seen = seen[seen["split"].isin(["train", "val"])]
+    by_id, by_hash, by_lesion = overlap_mask(seen, df)
+    anym = by_id | by_hash | by_lesion
+    return {
+        "checked": True,
+        "training_images": int(len(seen)),
+        "overlapping": int(anym.sum()),
+        "by_image_id": int(by_id.sum()),
+        "by_sha256": int(by_hash.sum()),
+        "by_lesion_id": int(by_lesion.sum()),
+        "examples": df["image_id"][anym].head(5).tolist(),
+    }
+
+
+def predict_probs(bundle: Path, uris: list[str], backend: str, batch_size: int = 32, progress: bool = True):
+    """Softmax probabilities for every decodable image; decode errors are returned, not raised."""
+    from skinscan.data.preprocess import load_image, normalize_batch
+    from skinscan.runtime import create_predictor
+
+    predictor = create_predictor(bundle, backend, with_features=False)
+    size, norm = predictor.card.input_size, predictor.card.normalization
+
+    def load(u):
+        try:
+            return load_image(u, size)
+        except ImageDecodeError as err:
+            return err
+
+    probs = np.zeros((len(uris), len(predictor.card.class_names)), np.float32)
+    errors: dict[int, str] = {}
+    bar = tqdm(total=len(uris), desc="evaluate", unit="img", disable=not progress)
+    with ThreadPoolExecutor(4) as pool:
+        for start in range(0, len(uris), batch_size):
+            loaded = list(pool.map(load, uris[start : start + batch_size]))
+            ok = [i for i, a in enumerate(loaded) if not isinstance(a, ImageDecodeError)]
+            for i, a in enumerate(loaded):
+                if isinstance(a, ImageDecodeError):
+                    errors[start + i] = str(a)
+            if ok:
+                logits = predictor.predict(normalize_batch(np.stack([loaded[i] for i in ok]), norm)).logits
+                e = np.exp(logits - logits.max(1, keepdims=True))
+                probs[[start + i for i in ok]] = e / e.sum(1, keepdims=True)
+            bar.update(len(loaded))
+    bar.close()
+    return probs, errors
+
+
+def _md_table(raw: dict, over: dict, classes: list[str]) -> str:
+    lines = [
+        "| class | precision | recall | F1 | support | precision (os) | recall (os) | F1 (os) | support (os) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in classes:
+        a, b = raw["per_class"][c], over["per_class"][c]
+        lines.append(
+            f"| {c} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | {a['support']} | "
+            f"{b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} | {b['support']} |"
+        )
+    for avg in ("macro_avg", "weighted_avg"):
+        a, b = raw[avg], over[avg]
+        lines.append(
+            f"| **{avg.replace('_', ' ')}** | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
+            f"{a['support']} | {b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} | {b['support']} |"
+        )
+    return "\n".join(lines)
+
+
+def evaluate(
+    bundle: str | Path,
+    data: str,
+    output: str | Path,
+    split: str | None = None,
+    allow_overlap: bool = False,
+    backend: str = "onnxruntime",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    from conversion.onnx_export import ensure_onnx
+    from skinscan.evaluation.isic import official_score, write_isic_files
+    from skinscan.evaluation.metrics import evaluate_probs
+    from skinscan.evaluation.plots import plot_confusion, plot_reliability, plot_roc
+
+    bundle, out = Path(bundle), Path(output)
+    card = read_card(bundle)
+    if card.task != "classify":
+        raise DataError(f"{bundle} is a {card.task} bundle; evaluate needs a classifier")
+    classes = card.class_names
+    df = select_eval_set(bundle, data, split)
+    unlabeled = int(df["label"].isna().sum())
+    outside = sorted(set(df["label"].dropna()) - set(classes))
+    df = df[df["label"].isin(classes)].reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"{data}: no images labelled with the model's classes {classes}")
+    leakage = leakage_check(bundle, df)
+    if leakage.get("overlapping") and not allow_overlap:
+        raise LeakageError(
+            f"{leakage['overlapping']} of {len(df)} evaluation images overlap the model's training "
+            f"data (image_id {leakage['by_image_id']}, content {leakage['by_sha256']}, lesion "
+            f"{leakage['by_lesion_id']}); remove them (skinscan data overlap) or pass --allow-overlap"
+        )
+    if backend == "onnxruntime":
+        ensure_onnx(bundle)
+    t0 = time.time()
+    probs, errors = predict_probs(bundle, df["uri"].tolist(), backend, progress=progress)
+    keep = np.array([i not in errors for i in range(len(df))])
+    df, probs = df[keep].reset_index(drop=True), probs[keep]
+    y = df["label"].map(classes.index).to_numpy()
+    raw = evaluate_probs(y, probs, classes)
+    idx = oversample_indices(y, seed)
+    over = evaluate_probs(y[idx], probs[idx], classes)
+    out.mkdir(parents=True, exist_ok=True)
+    files = write_isic_files(df["image_id"].tolist(), y, probs, classes, out)
+    official = official_score(files["truth_scored"], files["predictions_scored"])
+    result = {
+        "model": str(bundle),
+        "data": data,
+        "split": split,
+        "backend": backend,
+        "classes": classes,
+        "n_images": int(len(df)),
+        "decode_errors": list(errors.values()),
+        "unlabeled_skipped": unlabeled,
+        "labels_outside_model_skipped": outside,
+        "leakage": leakage,
+        "allow_overlap": allow_overlap,
+        "predict_s": round(time.time() - t0, 1),
+        "raw": raw,
+        "oversampled": over,
+        "oversampled_note": OVERSAMPLED_NOTE,
+        "majority_baseline": {
+            "accuracy": float(np.bincount(y).max() / len(y)),
+            "balanced_accuracy": 1.0 / len(np.unique(y)),
+        },
+        "isic_official": official,
+    }
+    ham = ham10000_view(y, probs, classes)
+    if ham is not None:
+        result["ham10000_classes"] = ham
+    if official is not None:
+        result["isic_official_matches"] = abs(official["balanced_accuracy"] - raw["isic_balanced_accuracy"]) <= 1e-9
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+    plot_confusion(np.array(raw["confusion_matrix"]), classes, out / "confusion_raw.png", "raw")
+    plot_confusion(np.array(over["confusion_matrix"]), classes, out / "confusion_oversampled.png", "oversampled")
+    plot_roc(y, probs, classes, raw["auc"], out / "roc.png")
+    plot_reliability(raw["reliability"], raw["ece"], out / "reliability.png")
+    (out / "evaluation.md").write_text(render_markdown(result))
+    return result
+
+
+def ham10000_view(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict | None:
+    """Raw-distribution metrics in HAM10000's seven `dx` classes (AK + SCC = `akiec`), the taxonomy of HAM10000
+    results in the literature; None unless the model has both AK and SCC (nothing to merge) and no other class."""
+    from skinscan.evaluation.metrics import balanced_accuracy, classification_report
+
+    merged = merge_to_ham(probs, classes)
+    if merged is None or len(merged[1]) == len(classes):
+        return None
+    probs7, dx, index = merged
+    y7, pred7 = index[y], probs7.argmax(1)
+    report = classification_report(y7, pred7, dx)
+    return {
+        "note": "AK and SCC probabilities summed into akiec, truths merged likewise (HAM10000 dx codes)",
+        "classes": dx,
+        "n": int(len(y7)),
+        "accuracy": report["accuracy"],
+        "balanced_accuracy": balanced_accuracy(y7, pred7),
+        "macro_f1": report["macro_avg"]["f1"],
+        "per_class": report["per_class"],
+        "majority_baseline": {
+            "accuracy": float(np.bincount(y7).max() / len(y7)),
+            "balanced_accuracy": 1.0 / len(np.unique(y7)),
+        },
+    }
+
+
+def _ham_md(r: dict) -> str:
+    h = r.get("ham10000_classes")
+    if not h:
+        return ""
+    per = ", ".join(f"{c} {v['recall']:.2f}" for c, v in h["per_class"].items())
+    return (
+        f"\n\nIn HAM10000's seven dx classes (AK + SCC probabilities summed into akiec): accuracy {h['accuracy']:.4f}, "
+        f"balanced accuracy {h['balanced_accuracy']:.4f}, macro F1 {h['macro_f1']:.4f} (majority class: "
+        f"{h['majority_baseline']['accuracy']:.4f} / {h['majority_baseline']['balanced_accuracy']:.4f}); "
+        f"recall per class: {per}.\n"
+    )
+
+
+def render_markdown(r: dict) -> str:
+    raw, over = r["raw"], r["oversampled"]
+    mel = raw.get("melanoma_sensitivity_at_specificity", {})
+    leak = r["leakage"]
+    leak_line = (
+        f"{leak['overlapping']} overlapping images (image_id {leak['by_image_id']}, content "
+        f"{leak['by_sha256']}, lesion {leak['by_lesion_id']})"
+        if leak.get("checked")
+        else leak.get("reason")
+    )
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    auc = ", ".join(f"{c} {fmt(v)}" for c, v in raw["auc"].items())
+    official = r.get("isic_official")
+    official_line = f"balanced accuracy {official['balanced_accuracy']:.6f}" if official else "not installed"
+    return f"""# Evaluation of `{r["model"]}`
+
+Data: `{r["data"]}` split `{r["split"]}`, {r["n_images"]} images, backend {r["backend"]}.
+Leakage check against the training manifest: {leak_line}.
+
+| | raw distribution | oversampled distribution |
+|---|---|---|
+| images | {raw["n"]} | {over["n"]} |
+| accuracy | {raw["accuracy"]:.4f} | {over["accuracy"]:.4f} |
+| balanced accuracy (ISIC metric) | {raw["balanced_accuracy"]:.4f} | {over["balanced_accuracy"]:.4f} |
+| macro F1 | {raw["macro_avg"]["f1"]:.4f} | {over["macro_avg"]["f1"]:.4f} |
+| weighted F1 | {raw["weighted_avg"]["f1"]:.4f} | {over["weighted_avg"]["f1"]:.4f} |
+| ECE | {raw["ece"]:.4f} | {over["ece"]:.4f} |
+
+Majority-class baseline (raw): accuracy {r["majority_baseline"]["accuracy"]:.4f}, balanced accuracy
+{r["majority_baseline"]["balanced_accuracy"]:.4f}.{_ham_md(r)}
+Official ISIC scorer: {official_line}.
+Melanoma sensitivity at 80% / 90% specificity: {fmt(mel.get("0.80"))} / {fmt(mel.get("0.90"))}.
+AUC (one vs rest): {auc}.
+
+> {r["oversampled_note"]}
+
+## Classification report (raw | oversampled, "os")
+
+{_md_table(raw, over, r["classes"])}
+
+![confusion](confusion_raw.png)
+![roc](roc.png)
+![reliability](reliability.png)
+"""

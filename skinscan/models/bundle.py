@@ -1,0 +1,208 @@
+"""Model bundles: a directory with weights (safetensors), a typed model card (JSON) and the weights' sha256.
+
+bundle/
+  model.safetensors     weights only: loading never unpickles anything
+  model_card.json       `ModelCard`: architecture, classes, input size, normalisation, training config, data
+                        manifest hash, validation metrics, library versions, weights sha256, exports, parity
+  train_manifest.parquet  (classifiers) the images the model was trained on: the leakage guard reads it
+  config.yaml, history.json, training_curves.png
+
+Every file a bundle points to (weights, ONNX graphs, TensorRT engines) is checked against its sha256 in the card
+before use (`checked_file`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from skinscan.config import ModelConfig
+from skinscan.data.preprocess import IMAGENET, PREPROCESSING, Normalization
+from skinscan.errors import BundleError
+
+WEIGHTS = "model.safetensors"
+CARD = "model_card.json"
+CARD_VERSION = 1
+EXPORT_COMMANDS = {
+    "onnx": "skinscan convert --model {bundle} --to onnx",
+    "onnx_fp16": "skinscan convert --model {bundle} --to onnx --fp16",
+    "tensorrt": "skinscan convert --model {bundle} --to tensorrt  (on the GPU machine)",
+    "tensorrt_fp16": "skinscan convert --model {bundle} --to tensorrt --fp16  (on the GPU machine)",
+}
+"""Export key in the card -> the command that makes it (named in every 'missing export' error)."""
+
+
+class _Open(BaseModel):
+    """Card sections keep keys they do not know (cards written by newer versions still load)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
+
+
+class Architecture(_Open):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    params: int | None = None
+
+
+class ExportRecord(_Open):
+    """One converted form of the model, beside the weights in the bundle."""
+
+    file: str
+    sha256: str
+    opset: int | None = None
+    outputs: list[str] | None = None
+    dtype: str | None = None
+    dynamic_batch: bool | None = None
+    export_s: float | None = None
+    source: str | None = Field(None, alias="from")  # the ONNX file an engine was built from
+
+
+class ModelCard(_Open):
+    task: Literal["classify", "segment"]
+    architecture: Architecture
+    input_size: int
+    class_names: list[str] = Field(default_factory=list)
+    normalization: Normalization = IMAGENET
+    preprocessing: str = PREPROCESSING
+    card_version: int = CARD_VERSION
+    weights_file: str = WEIGHTS
+    weights_sha256: str | None = None
+    created: str | None = None
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    exports: dict[str, ExportRecord] = Field(default_factory=dict)
+    parity: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # written by training
+    training_config: dict[str, Any] | None = None
+    data_manifest_sha256: str | None = None
+    data_counts: dict[str, int] | None = None
+    best_epoch: int | None = None
+    selection_metric: str | None = None
+    validation_metrics: dict[str, Any] | None = None
+    epochs_run: int | None = None
+    train_wall_s: float | None = None
+    ray_run: dict[str, Any] | None = None
+
+    @property
+    def model_id(self) -> str:
+        """Architecture and weights hash: what screening rows record as the model that made them."""
+        return f"{self.architecture.name}@{(self.weights_sha256 or '?')[:12]}"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("skinscan", "torch", "torchvision", "timm", "ray", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_card(directory: Path, card: ModelCard) -> None:
+    (directory / CARD).write_text(json.dumps(card.model_dump(mode="json", by_alias=True), indent=2))
+
+
+def save_bundle(directory: str | Path, model: nn.Module, card: ModelCard | dict[str, Any]) -> Path:
+    """Write weights + card; the card (with the weights' hash) is written last."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(d / WEIGHTS))
+    card = card if isinstance(card, ModelCard) else ModelCard.model_validate(card)
+    update: dict[str, Any] = {
+        "card_version": CARD_VERSION,
+        "weights_file": WEIGHTS,
+        "weights_sha256": file_sha256(d / WEIGHTS),
+    }
+    if not card.library_versions:
+        update["library_versions"] = library_versions()
+    _write_card(d, card.model_copy(update=update))
+    return d
+
+
+def read_card(directory: str | Path) -> ModelCard:
+    d = Path(directory)
+    if not (d / CARD).is_file():
+        raise BundleError(f"{d}: not a model bundle (no {CARD})")
+    try:
+        return ModelCard.model_validate_json((d / CARD).read_text())
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise BundleError(f"{d / CARD}: invalid model card ({'.'.join(map(str, e['loc']))}: {e['msg']})") from None
+
+
+def record_export(directory: str | Path, key: str, record: ExportRecord) -> ModelCard:
+    """Add (or replace) an export in the card."""
+    card = read_card(directory)
+    card.exports[key] = record
+    _write_card(Path(directory), card)
+    return card
+
+
+def record_parity(directory: str | Path, key: str, stats: dict[str, Any]) -> ModelCard:
+    """Add (or replace) a parity check's figures in the card."""
+    card = read_card(directory)
+    card.parity[key] = stats
+    _write_card(Path(directory), card)
+    return card
+
+
+def checked_file(directory: str | Path, key: str) -> Path:
+    """The file of export `key`, after checking its sha256 against the card; a missing export names the command
+    that makes it."""
+    card = read_card(directory)
+    entry = card.exports.get(key)
+    if entry is None:
+        command = EXPORT_COMMANDS.get(key, "skinscan convert --model {bundle}").format(bundle=directory)
+        raise BundleError(f"{directory}: no {key} export; make it with `{command}`")
+    path = Path(directory) / entry.file
+    if not path.is_file() or file_sha256(path) != entry.sha256:
+        raise BundleError(f"{path}: missing or does not match the sha256 in the model card; export again")
+    return path
+
+
+def build_from_card(card: ModelCard) -> nn.Module:
+    from skinscan.models.factory import create_model
+
+    cfg = ModelConfig(name=card.architecture.name, img_size=card.input_size, kwargs=card.architecture.kwargs)
+    return create_model(cfg, num_classes=len(card.class_names) or 1)
+
+
+def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """(model in eval mode, card). The weights' sha256 must match the card."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    card = read_card(d)
+    weights = d / card.weights_file
+    if not weights.is_file():
+        raise BundleError(f"{d}: weights file {weights.name} missing")
+    digest = file_sha256(weights)
+    if digest != card.weights_sha256:
+        raise BundleError(f"{weights}: sha256 {digest[:12]}… does not match the model card; the bundle is corrupt")
+    model = build_from_card(card)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, RuntimeError) as err:
+        raise BundleError(f"{weights}: weights do not fit the architecture in the card ({err})") from None
+    return model.to(device).eval(), card

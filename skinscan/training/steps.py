@@ -1,0 +1,109 @@
+"""One epoch of training and one validation pass, for every task: classification, classification with the
+auxiliary lesion-mask loss, and segmentation. Kept apart from the Ray Train loop (`loop.py`), which only sets
+up, checkpoints and reports."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Trainee:
+    """A model with everything one optimisation step needs."""
+
+    model: nn.Module  # what is trained (possibly DDP-wrapped, possibly with the training-only mask head)
+    unwrapped: nn.Module  # the same without DDP: what the EMA follows and checkpoints store
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: Any  # timm ModelEmaV3 or None
+    criterion: nn.Module
+    mixer: Any  # (x, y) -> (x, soft targets), or None
+    device: torch.device
+    memory_format: torch.memory_format
+    use_amp: bool
+    task: str  # "classify" | "segment"
+    lesion_mask_weight: float = 0.0
+
+    @property
+    def segment(self) -> bool:
+        return self.task == "segment"
+
+    @property
+    def aux_mask(self) -> bool:
+        return not self.segment and self.lesion_mask_weight > 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores and the bundle ships: the EMA when there is one."""
+        return self.ema.module if self.ema else self.model
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((1, 2, 3))
+    return (1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)).mean()
+
+
+def lesion_mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE against the lesion fraction of each feature-map cell (the mask average-pooled to the map's size)."""
+    target = nn.functional.adaptive_avg_pool2d(mask, mask_logits.shape[-2:])
+    return nn.functional.binary_cross_entropy_with_logits(mask_logits, target)
+
+
+def _loss(t: Trainee, out, y: torch.Tensor, target: torch.Tensor, mask: list[torch.Tensor]) -> torch.Tensor:
+    if t.segment:
+        return nn.functional.binary_cross_entropy_with_logits(out, y) + dice_loss(out, y)
+    if t.aux_mask:
+        logits, mask_logits = out
+        return t.criterion(logits.float(), target) + t.lesion_mask_weight * lesion_mask_loss(
+            mask_logits.float(), mask[0]
+        )
+    return t.criterion(out.float(), target)  # class indices or mixed soft targets
+
+
+def train_one_epoch(t: Trainee, loader) -> tuple[float, int, Counter]:
+    """(sum of per-image losses, images seen, class indices drawn) for one pass over this worker's shard."""
+    t.model.train()
+    drawn: Counter = Counter()
+    loss_sum, n_seen = 0.0, 0
+    for x, y, *mask in loader:
+        if not t.segment:
+            drawn.update(y.tolist())
+        x, target = t.mixer(x, y) if t.mixer else (x, y)
+        x = x.contiguous(memory_format=t.memory_format)
+        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.use_amp):
+            loss = _loss(t, t.model(x), y, target, mask)
+        t.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t.opt.step()
+        t.sched.step()
+        if t.ema:
+            t.ema.update(t.unwrapped, step=t.sched.last_epoch)
+        loss_sum += float(loss.detach()) * len(x)
+        n_seen += len(x)
+    return loss_sum, n_seen, drawn
+
+
+def validate(t: Trainee, loader) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """(predictions, truths, summed loss) over this worker's validation shard: class indices, or boolean masks."""
+    model = t.eval_model.eval()
+    preds, truths, vloss = [], [], 0.0
+    with torch.no_grad(), torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.use_amp):
+        for x, y in loader:
+            out = model(x.contiguous(memory_format=t.memory_format))
+            out = (out[0] if t.aux_mask else out).float()
+            if t.segment:
+                vloss += float(nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum")) / out[0].numel()
+                preds.append((out > 0).cpu().numpy()[:, 0])
+                truths.append(y.cpu().numpy()[:, 0] > 0.5)
+            else:
+                vloss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+                preds.append(out.argmax(1).cpu().numpy())
+                truths.append(y.cpu().numpy())
+    return preds, truths, vloss
