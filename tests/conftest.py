@@ -84,12 +84,18 @@ def make_bundle(
 
 @pytest.fixture(scope="session")
 def tiny_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Random-init bundles with their ONNX export (as `skinscan convert` leaves them)."""
+    from conversion.onnx_export import ensure_onnx
+
     root = tmp_path_factory.mktemp("bundles")
-    return {
+    bundles = {
         "swin": make_bundle(root / "swin"),
         "efficientnet": make_bundle(root / "effnet", "efficientnet_b0", {}, size=64),
         "unet": make_bundle(root / "unet", "unet", {"base": 8, "depth": 3}, task="segment"),
     }
+    for bundle in bundles.values():
+        ensure_onnx(bundle)
+    return bundles
 
 
 def free_port_base(offsets, lo: int = 15000, hi: int = 45000) -> int:

@@ -27,3 +27,12 @@ def test_synth_then_manifest_then_split(tmp_path):
     out = _run("data", "split", str(tmp_path / "s.tar"), "-o", str(tmp_path / "split.csv"))
     assert out.returncode == 0, out.stderr
     assert "after" in out.stdout and (tmp_path / "split.config.yaml").exists()
+
+
+def test_cli_starts_without_loading_torch_or_grad_cam():
+    code = "import sys, skinscan.cli; skinscan.cli.build_parser(); print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    code = "import sys, skinscan.explain.registry; print('pytorch_grad_cam' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", "the forward-only path must not load pytorch-grad-cam"

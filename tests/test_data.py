@@ -232,3 +232,50 @@ def test_real_overlap_finds_every_shared_image(ham_dir):
     assert rep.by_image_id == rep.by_sha256 == rep.overlapping == 8012
     cleaned, _ = remove_overlap(isic, ham)
     assert len(cleaned) == 0
+
+
+def _isic_with_ham_overlap(root):
+    """An ISIC 2019-like set (ground truth + metadata with BCN lesion groups) that contains a HAM10000-like set."""
+    from skinscan.data.taxonomy import ISIC2019_OUTPUT_COLUMNS
+
+    rng = np.random.default_rng(0)
+    (root / "isic" / "images").mkdir(parents=True)
+    (root / "ham" / "images").mkdir(parents=True)
+    rows, meta, ham = [], [], []
+    for i in range(120):
+        image = f"ISIC_{i:07d}"
+        label = ["NV", "MEL", "BCC", "BKL"][rng.integers(0, 4)]
+        data = _jpeg((i, 255 - i, (7 * i) % 256))
+        (root / "isic" / "images" / f"{image}.jpg").write_bytes(data)
+        rows.append({"image": image, **{c: float(c == label) for c in ISIC2019_OUTPUT_COLUMNS}})
+        if i < 30:  # HAM10000 images, in ISIC 2019 as well
+            (root / "ham" / "images" / f"{image}.jpg").write_bytes(data)
+            ham.append({"lesion_id": f"HAM_{i // 2:07d}", "image_id": image, "dx": label.lower()})
+            meta.append({"image": image, "lesion_id": f"HAM_{i // 2:07d}"})
+        else:  # BCN_20000: several images per lesion
+            meta.append({"image": image, "lesion_id": f"BCN_{i // 4:07d}"})
+    pd.DataFrame(rows).to_csv(root / "isic" / "ISIC_2019_Training_GroundTruth.csv", index=False)
+    pd.DataFrame(meta).to_csv(root / "meta.csv", index=False)
+    pd.DataFrame(ham).to_csv(root / "ham" / "HAM10000_metadata.csv", index=False)
+    return root / "isic" / "ISIC_2019_Training_GroundTruth.csv", root / "ham" / "HAM10000_metadata.csv"
+
+
+def test_overlap_recipe_keeps_isic_lesion_ids_so_splits_stay_lesion_grouped(tmp_path, capsys):
+    from skinscan.cli import main
+
+    gt, ham = _isic_with_ham_overlap(tmp_path)
+    out = tmp_path / "isic_without_ham.csv"
+    assert main(["data", "overlap", str(gt), str(ham), "--metadata", str(tmp_path / "meta.csv"), "-o", str(out)]) == 0
+    assert "no lesion ids" not in capsys.readouterr().err
+    cleaned = build_manifest(DataConfig(source=str(out)))
+    assert len(cleaned) == 90 and cleaned["lesion_id"].str.startswith("BCN_").all()
+    split = split_manifest(cleaned, 0.2, 0.2, seed=0)
+    per_lesion = split.groupby("lesion_id")["split"].nunique()
+    assert (per_lesion == 1).all() and per_lesion.size == 23  # every BCN lesion group in exactly one split
+    assert split.groupby("lesion_id").size().max() == 4
+
+    # without the metadata the recipe says what is lost
+    out2 = tmp_path / "per_image.csv"
+    assert main(["data", "overlap", str(gt), str(ham), "-o", str(out2)]) == 0
+    assert "no lesion ids" in capsys.readouterr().err
+    assert build_manifest(DataConfig(source=str(out2)))["lesion_id"].isna().all()

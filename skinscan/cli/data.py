@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from skinscan.cli.common import print_table
@@ -63,8 +64,14 @@ def cmd_data_overlap(a: argparse.Namespace) -> int:
     from skinscan.data.manifest import build_manifest, write_manifest
     from skinscan.data.splits import remove_overlap
 
-    train = build_manifest(validate(DataConfig, {"source": a.train}))
+    train = build_manifest(validate(DataConfig, {"source": a.train, "metadata": a.metadata}))
     test = build_manifest(validate(DataConfig, {"source": a.test}))
+    if train["lesion_id"].isna().all():
+        print(
+            f"warning: {a.train} has no lesion ids (for ISIC 2019 give --metadata ISIC_2019_Training_Metadata.csv): "
+            "splits of this manifest will be per image, so images of one lesion can land in both train and validation",
+            file=sys.stderr,
+        )
     cleaned, report = remove_overlap(train, test)
     print(json.dumps(report.to_dict(), indent=2))
     print(f"{report.overlapping} images of {a.train} overlap {a.test}; removing them leaves {len(cleaned)}")
@@ -118,6 +125,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("train")
     o.add_argument("test")
     o.add_argument("-o", "--output", help="write TRAIN without the overlapping images")
+    o.add_argument(
+        "--metadata",
+        help="ISIC 2019 metadata CSV for TRAIN: keeps its lesion ids, so later splits stay lesion-grouped "
+        "(default: ISIC_2019_Training_Metadata.csv beside TRAIN when there)",
+    )
     o.set_defaults(func=cmd_data_overlap)
 
     y = dsub.add_parser("synth", help="generate a synthetic dermoscopy dataset with masks")

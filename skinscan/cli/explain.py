@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from skinscan.config import ExplainMethod
 from skinscan.errors import ConfigError, ImageDecodeError
-from skinscan.explain.registry import METHODS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default="fast",
-        choices=list(METHODS),
-        help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()),
+        choices=list(get_args(ExplainMethod)),
+        help="fast: forward-only CAM (= Grad-CAM for avg-pool + linear heads); gradcam..layercam: pytorch-grad-cam; "
+        "attention: Swin attention maps (skinscan.explain.registry)",
     )
     p.add_argument("--class", dest="cls", help="explain this class instead of the predicted one")
     p.add_argument("--segmenter", help="U-Net bundle: draw the lesion contour")

@@ -281,7 +281,11 @@ def build_manifest(cfg: DataConfig) -> pd.DataFrame:
             except DataError:
                 return read_unlabeled(src, cfg.hash)
     if fmt == "isic2019":
-        return read_isic2019(src, cfg.images, cfg.metadata, cfg.hash)
+        meta = cfg.metadata
+        if meta is None:  # the ISIC 2019 metadata (lesion ids) beside the ground truth, when present
+            cand = storage.join(storage.parent(src), ISIC_META_NAME)
+            meta = cand if storage.exists(cand) else None
+        return read_isic2019(src, cfg.images, meta, cfg.hash)
     if fmt == "ham10000":
         gt = cfg.isic_groundtruth
         if gt is None:  # the ISIC 2019 ground truth beside the metadata, when present

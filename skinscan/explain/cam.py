@@ -16,20 +16,20 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from torch import nn
 
 from skinscan.models import is_swin
 
 GRADCAM_CLASSES = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "eigencam": EigenCAM,
-    "layercam": LayerCAM,
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
 }
-"""pytorch-grad-cam's methods by their SkinScan names (see `skinscan.explain.registry`)."""
+"""pytorch-grad-cam's classes by their SkinScan names (see `skinscan.explain.registry`); imported on first use,
+so the forward-only path never loads the library."""
 
 
 def feature_layer(model: nn.Module) -> nn.Module:
@@ -86,11 +86,12 @@ def gradcam(
 
     The CAM object is a context manager: its hooks are removed when the batch is done.
     """
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cls = GRADCAM_CLASSES.get(method)
-    if cls is None:
+    if method not in GRADCAM_CLASSES:
         raise ValueError(f"unknown CAM method {method!r}; choose from {list(GRADCAM_CLASSES)}")
+    cls = getattr(pytorch_grad_cam, GRADCAM_CLASSES[method])
     layer = target_layer or feature_layer(model)
     reshape = nhwc_to_nchw if is_swin(model) else None
     targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]

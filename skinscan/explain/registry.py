@@ -41,10 +41,7 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "fast": Method("fast", "features", "features", "forward-only CAM (= Grad-CAM for avg-pool + linear heads)"),
-    **{
-        name: Method(name, "gradients", "input", f"pytorch-grad-cam {cls.__name__}")
-        for name, cls in GRADCAM_CLASSES.items()
-    },
+    **{name: Method(name, "gradients", "input", f"pytorch-grad-cam {cls}") for name, cls in GRADCAM_CLASSES.items()},
     "attention": Method("attention", "attention", "features", "Swin attention received, last stage"),
 }
 assert set(METHODS) == set(get_args(ExplainMethod)), "config.ExplainMethod and the registry must name the same methods"
