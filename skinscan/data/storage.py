@@ -7,8 +7,12 @@ many members opens each archive once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import os
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -166,6 +170,58 @@ def stem(uri: str) -> str:
     chained = split_chained(uri)
     name = posixpath.basename(chained[1] if chained else uri)
     return name.split(".", 1)[0]
+
+
+def is_remote(uri: str | Path) -> bool:
+    """An object-store (or any non-local fsspec) URI rather than a local path."""
+    text = str(uri)
+    return "://" in text and not text.startswith("file://")
+
+
+CACHE_ENV = "SKINSCAN_CACHE"
+
+
+def cache_root() -> Path:
+    """Where objects fetched from object stores are kept on this node ($SKINSCAN_CACHE, ~/.cache/skinscan)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "skinscan")
+
+
+def cache_dir(kind: str, uri: str) -> Path:
+    """This node's cache folder for `uri` (one per URI, shared by every process of the node)."""
+    return cache_root() / kind / hashlib.sha256(uri.encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def node_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on `directory` across the processes of this node (actors, training workers)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_local_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def fetch_once(uri: str, kind: str) -> Path:
+    """A local path for `uri`: itself when local; for an object-store URI, a copy fetched once per node into the
+    cache (the first process fetches under a lock, the others wait and reuse it)."""
+    if not is_remote(uri):
+        return Path(uri.removeprefix("file://"))
+    directory = cache_dir(kind, uri)
+    target = directory / (posixpath.basename(uri.rstrip("/")) or "object")
+    with node_lock(directory):
+        if not target.is_file():
+            write_local_atomic(target, read_bytes(uri))
+    return target
 
 
 STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "AZURE_STORAGE_")

@@ -17,7 +17,7 @@ from skinscan.data.sampling import oversample_indices
 from skinscan.data.splits import overlap_mask
 from skinscan.data.taxonomy import merge_to_ham
 from skinscan.errors import DataError, ImageDecodeError, LeakageError
-from skinscan.models.bundle import read_card
+from skinscan.models.bundle import local_bundle, read_card
 
 OVERSAMPLED_NOTE = (
     "The oversampled pass repeats minority-class images (random duplication up to the largest class, "
@@ -131,7 +131,7 @@ def evaluate(
     from skinscan.evaluation.metrics import evaluate_probs
     from skinscan.evaluation.plots import plot_confusion, plot_reliability, plot_roc
 
-    bundle, out = Path(bundle), Path(output)
+    bundle, out = local_bundle(bundle), Path(output)
     card = read_card(bundle)
     if card.task != "classify":
         raise DataError(f"{bundle} is a {card.task} bundle; evaluate needs a classifier")

@@ -26,9 +26,10 @@ def evaluate_segmenter(
     from skinscan.data.preprocess import load_batch
     from skinscan.evaluation.classifier import leakage_check, select_eval_set
     from skinscan.evaluation.metrics import dice_iou
+    from skinscan.models.bundle import local_bundle
     from skinscan.runtime import create_predictor
 
-    bundle = Path(bundle)
+    bundle = local_bundle(bundle)
     df = select_eval_set(bundle, data, split)
     df = df[df["uri"].map(lambda u: storage.exists(mask_uri_for(u)))].reset_index(drop=True)
     if df.empty:

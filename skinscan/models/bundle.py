@@ -8,7 +8,9 @@ bundle/
   config.yaml, history.json, training_curves.png
 
 Every file a bundle points to (weights, ONNX graphs, TensorRT engines) is checked against its sha256 in the card
-before use (`checked_file`).
+before use (`checked_file`). A bundle may live on any fsspec URI (`s3://bucket/models/swin`): `publish_bundle`
+uploads one and reads it back, and every reader here fetches a remote bundle once per node into the local cache
+(`local_bundle`), refreshing it when the remote card changes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from skinscan.config import ModelConfig
+from skinscan.data import storage
 from skinscan.data.preprocess import IMAGENET, PREPROCESSING, Normalization
 from skinscan.errors import BundleError
 
@@ -139,8 +142,49 @@ def save_bundle(directory: str | Path, model: nn.Module, card: ModelCard | dict[
     return d
 
 
+def _bundle_files(card: ModelCard) -> list[str]:
+    """Every file of a bundle that readers use, the card last."""
+    return [card.weights_file, *(e.file for e in card.exports.values()), "train_manifest.parquet", CARD]
+
+
+def local_bundle(directory: str | Path) -> Path:
+    """A local folder holding the bundle: itself when local; for a URI, this node's cached copy (fetched once,
+    again only when the remote card differs; every file's sha256 is checked when used)."""
+    if not storage.is_remote(directory):
+        return Path(directory)
+    uri = str(directory).rstrip("/")
+    try:
+        remote_card = storage.read_bytes(f"{uri}/{CARD}")
+    except FileNotFoundError:
+        raise BundleError(f"{uri}: not a model bundle (no {CARD})") from None
+    local = storage.cache_dir("bundles", uri)
+    with storage.node_lock(local):
+        if not (local / CARD).is_file() or (local / CARD).read_bytes() != remote_card:
+            card = ModelCard.model_validate_json(remote_card)
+            for name in _bundle_files(card)[:-1]:
+                try:
+                    storage.write_local_atomic(local / name, storage.read_bytes(f"{uri}/{name}"))
+                except FileNotFoundError:
+                    if name == card.weights_file:
+                        raise BundleError(f"{uri}: weights file {name} missing") from None
+            storage.write_local_atomic(local / CARD, remote_card)
+    return local
+
+
+def publish_bundle(local: str | Path, uri: str) -> None:
+    """Upload a local bundle folder to `uri` (card last), then read the weights and card back and check them."""
+    local, uri = Path(local), uri.rstrip("/")
+    names = sorted(p.name for p in local.iterdir() if p.is_file() and p.name != CARD)
+    for name in [*names, CARD]:
+        storage.write_bytes(f"{uri}/{name}", (local / name).read_bytes())
+    card = read_card(local)
+    back = hashlib.sha256(storage.read_bytes(f"{uri}/{card.weights_file}")).hexdigest()
+    if back != card.weights_sha256 or storage.read_bytes(f"{uri}/{CARD}") != (local / CARD).read_bytes():
+        raise BundleError(f"{uri}: the uploaded bundle does not read back identical (weights sha256 {back[:12]}…)")
+
+
 def read_card(directory: str | Path) -> ModelCard:
-    d = Path(directory)
+    d = local_bundle(directory)
     if not (d / CARD).is_file():
         raise BundleError(f"{d}: not a model bundle (no {CARD})")
     try:
@@ -150,8 +194,16 @@ def read_card(directory: str | Path) -> ModelCard:
         raise BundleError(f"{d / CARD}: invalid model card ({'.'.join(map(str, e['loc']))}: {e['msg']})") from None
 
 
+def _local_only(directory: str | Path) -> None:
+    if storage.is_remote(directory):
+        raise BundleError(
+            f"{directory}: convert a local copy of the bundle, then upload it; remote bundles are read-only"
+        )
+
+
 def record_export(directory: str | Path, key: str, record: ExportRecord) -> ModelCard:
     """Add (or replace) an export in the card."""
+    _local_only(directory)
     card = read_card(directory)
     card.exports[key] = record
     _write_card(Path(directory), card)
@@ -160,6 +212,7 @@ def record_export(directory: str | Path, key: str, record: ExportRecord) -> Mode
 
 def record_parity(directory: str | Path, key: str, stats: dict[str, Any]) -> ModelCard:
     """Add (or replace) a parity check's figures in the card."""
+    _local_only(directory)
     card = read_card(directory)
     card.parity[key] = stats
     _write_card(Path(directory), card)
@@ -174,7 +227,7 @@ def checked_file(directory: str | Path, key: str) -> Path:
     if entry is None:
         command = EXPORT_COMMANDS.get(key, "skinscan convert --model {bundle}").format(bundle=directory)
         raise BundleError(f"{directory}: no {key} export; make it with `{command}`")
-    path = Path(directory) / entry.file
+    path = local_bundle(directory) / entry.file
     if not path.is_file() or file_sha256(path) != entry.sha256:
         raise BundleError(f"{path}: missing or does not match the sha256 in the model card; export again")
     return path
@@ -192,7 +245,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> tu
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    d = Path(directory)
+    d = local_bundle(directory)
     card = read_card(d)
     weights = d / card.weights_file
     if not weights.is_file():

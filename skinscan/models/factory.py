@@ -2,13 +2,12 @@
 
 `create_model(cfg.model, num_classes, task)` builds either; `ModelConfig.kwargs` shrink any model for tests
 (e.g. a 40k-parameter Swin: embed_dim=24, depths=[1,1], num_heads=[1,2], window_size=4). Pretrained weights
-come from a local file (safetensors or a torch state dict, loaded with weights_only) or, where the network
-allows, the timm hub; nothing in the tests or demo depends on them.
+come from a local file or an object-store URI (safetensors or a torch state dict, loaded with weights_only;
+fetched once per node) or, where the network allows, the timm hub; nothing in the tests or demo depends on them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,22 +20,51 @@ from skinscan.models.unet import UNet
 SEGMENTER_NAMES = ("unet",)
 
 
-def _load_local_weights(model: nn.Module, path: str) -> None:
-    p = Path(path)
+def _head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier head, which pretrained weights need not (and usually do not) match."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if get else None
+    if head is None:
+        return set()
+    ids = {id(t) for t in [*head.parameters(), *head.buffers()]}
+    return {k for k, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
+
+
+def load_pretrained(model: nn.Module, uri: str) -> int:
+    """Load pretrained weights (safetensors, or a torch state dict read with weights_only) from a local path or an
+    object-store URI (fetched once per node). Every backbone tensor must match in name and shape; the classifier
+    head is re-initialised when it differs. Returns how many tensors were loaded."""
+    from skinscan.data import storage
+
+    try:
+        p = storage.fetch_once(uri, "weights")
+    except FileNotFoundError:
+        raise ConfigError(f"model.pretrained: weights not found: {uri}") from None
     if not p.is_file():
         raise ConfigError(f"model.pretrained: weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(p))
-    else:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+            state = load_file(str(p))
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
+        raise BundleError(f"{uri}: not a weights file ({type(err).__name__}: {str(err)[:200]})") from None
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise BundleError(f"{p}: no tensor matches {type(model).__name__}'s parameters")
-    model.load_state_dict(usable, strict=False)  # a different classifier head is expected and re-initialised
+    backbone = [k for k in own if k not in _head_keys(model)]
+    missing = [k for k in backbone if k not in usable]
+    name = type(model).__name__
+    if missing:
+        raise BundleError(
+            f"{uri}: only {len(backbone) - len(missing)} of {len(backbone)} backbone tensors of {name} match "
+            f"(first missing or of another shape: {missing[0]}); weights of another architecture or size?"
+        )
+    model.load_state_dict(usable, strict=False)
+    print(f"[model] pretrained weights {uri}: {len(usable)} tensors loaded (all {len(backbone)} backbone tensors)")
+    return len(usable)
 
 
 def create_classifier(
@@ -55,7 +83,7 @@ def create_classifier(
     except (TypeError, ValueError, AssertionError) as err:
         raise ConfigError(f"model.kwargs: {name} rejected {kwargs}: {err}") from None
     if isinstance(pretrained, str) and pretrained:
-        _load_local_weights(model, pretrained)
+        load_pretrained(model, pretrained)
     return model
 
 
@@ -64,6 +92,6 @@ def create_model(cfg: ModelConfig, num_classes: int = 1) -> nn.Module:
     if cfg.name in SEGMENTER_NAMES:
         model = UNet(**cfg.kwargs)
         if isinstance(cfg.pretrained, str) and cfg.pretrained:
-            _load_local_weights(model, cfg.pretrained)
+            load_pretrained(model, cfg.pretrained)
         return model
     return create_classifier(cfg.name, num_classes, cfg.img_size, cfg.pretrained, **cfg.kwargs)

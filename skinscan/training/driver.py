@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,20 +143,19 @@ def epoch_printer(epochs: int):
     return EpochPrinter()
 
 
-def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
-    """Train on Ray, keep the best validation checkpoint, write the model bundle; returns its path."""
+def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
+    """Train on Ray, keep the best validation checkpoint, write the model bundle; returns its path (or URI)."""
     import ray
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
 
     from skinscan.data import storage
-    from skinscan.data.preprocess import IMAGENET, PREPROCESSING
-    from skinscan.models import create_model, shipped_state
-    from skinscan.models.bundle import Architecture, ModelCard, library_versions, save_bundle
     from skinscan.training.loop import FAIL_ENV, HIGHER_IS_BETTER, train_loop
 
-    out = Path(cfg.output).resolve()
+    # an object-store output is assembled in a local folder first, then uploaded and read back
+    remote = storage.is_remote(cfg.output)
+    staging = Path(tempfile.mkdtemp(prefix="skinscan-bundle-")) if remote else Path(cfg.output).resolve()
     df, classes = prepare_data(cfg)
     run_name = cfg.resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_uri = storage.normalize(cfg.storage_path)
@@ -169,9 +170,9 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
         )
     else:
         storage.write_bytes(record_uri, json.dumps(record, indent=2).encode())
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    df.to_parquet(out / "train_manifest.parquet", index=False)
+    staging.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, staging)
+    df.to_parquet(staging / "train_manifest.parquet", index=False)
     counts = df.groupby(["split"]).size().to_dict()
     print(f"[train] {cfg.task}: {len(df)} images {counts}; classes {classes or '-'}", flush=True)
 
@@ -225,7 +226,31 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
     with result.checkpoint.as_directory() as d:
         history = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)["history"]
 
-    # the trained state holds every weight: build without pretrained weights (no hub download, no file read)
+    out = write_bundle(cfg, staging, classes, df, best_state, history, round(wall, 1), run_name)
+    if remote:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"[train] bundle -> {out}  ({wall:.0f} s)", flush=True)
+    return out
+
+
+def write_bundle(
+    cfg: TrainConfig,
+    staging: Path,
+    classes: list[str],
+    df: pd.DataFrame,
+    best_state: dict,
+    history: list[dict],
+    wall_s: float,
+    run_name: str,
+) -> Path | str:
+    """The model bundle from the best checkpoint's state, written into `staging` (which already holds the config
+    and training manifest) and, for an object-store `output`, uploaded there and read back. Makes no network call
+    beyond that upload: the model is built from the trained state alone, never from pretrained weights."""
+    from skinscan.data import storage
+    from skinscan.data.preprocess import IMAGENET, PREPROCESSING
+    from skinscan.models import create_model, shipped_state
+    from skinscan.models.bundle import Architecture, ModelCard, library_versions, publish_bundle, save_bundle
+
     model = create_model(cfg.model.model_copy(update={"pretrained": False}), num_classes=len(classes) or 1)
     ema_weights = best_state.get("ema")  # the weights validation scored when the run kept an EMA
     model.load_state_dict(shipped_state(ema_weights if ema_weights is not None else best_state["model"]))
@@ -241,20 +266,22 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path:
         preprocessing=PREPROCESSING,
         training_config=json.loads(cfg.model_dump_json()),
         data_manifest_sha256=manifest_hash(df),
-        data_counts={s: int(n) for s, n in counts.items()},
+        data_counts={s: int(n) for s, n in df.groupby(["split"]).size().to_dict().items()},
         best_epoch=best_state["epoch"],
         selection_metric=cfg.metric,
         validation_metrics=best_metrics,
         epochs_run=len(history),
-        train_wall_s=round(wall, 1),
+        train_wall_s=wall_s,
         ray_run={"name": run_name, "storage_path": cfg.storage_path},
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         library_versions=library_versions(),
     )
-    save_bundle(out, model, card)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    plot_history(history, cfg.metric, out / "training_curves.png")
+    save_bundle(staging, model, card)
+    (staging / "history.json").write_text(json.dumps(history, indent=2))
+    plot_history(history, cfg.metric, staging / "training_curves.png")
     shown = {k: round(v, 4) for k, v in best_metrics.items() if isinstance(v, float)}
     print(f"[train] best epoch {best_state['epoch'] + 1} ({cfg.metric}={best_state['best']['score']:.4f}) {shown}")
-    print(f"[train] bundle -> {out}  ({wall:.0f} s)", flush=True)
-    return out
+    if not storage.is_remote(cfg.output):
+        return staging
+    publish_bundle(staging, cfg.output)
+    return cfg.output

@@ -268,6 +268,11 @@ def _save_and_report(t: Trainee, rank: int, epoch: int, history: list, best: dic
         )
 
 
+def flag_device(backend: str | None, device: torch.device) -> torch.device:
+    """Where a tensor for a collective must live: NCCL reduces CUDA tensors only, gloo CPU tensors."""
+    return device if backend == "nccl" else torch.device("cpu")
+
+
 def _over_budget(cfg: TrainConfig, t_start: float, epochs_done: int, device: torch.device) -> bool:
     """Whether another epoch would exceed `time_budget_min` on any worker (the flag lives on the device the
     process group's backend reduces on: CUDA for NCCL, CPU for gloo)."""
@@ -275,8 +280,8 @@ def _over_budget(cfg: TrainConfig, t_start: float, epochs_done: int, device: tor
         return False
     elapsed = time.time() - t_start
     per_epoch = elapsed / max(1, epochs_done)
-    flag_device = device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
-    stop = torch.tensor([float(elapsed + per_epoch > cfg.time_budget_min * 60)], device=flag_device)
+    backend = dist.get_backend() if dist.is_initialized() else None
+    stop = torch.tensor([float(elapsed + per_epoch > cfg.time_budget_min * 60)], device=flag_device(backend, device))
     if dist.is_initialized():
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     return bool(stop.item())
