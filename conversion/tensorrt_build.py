@@ -1,7 +1,10 @@
-"""TensorRT engines from ONNX, written against the TensorRT 11 Python API.
+"""TensorRT engines from ONNX, written against the TensorRT 10 and 11 Python APIs.
 
-TensorRT 11 removed the FP16/INT8 builder flags: networks are strongly typed and precision comes from the
-ONNX graph, so an FP16 engine is built from the FP16 ONNX export (`export_onnx(..., fp16=True)`).
+Networks are built strongly typed: precision comes from the ONNX graph, so an FP16 engine is built from the FP16
+ONNX export (`export_onnx(..., fp16=True)`). TensorRT 11 removed the FP16/INT8 builder flags and types every
+network strongly; TensorRT 10 (common in NGC images) types weakly unless `STRONGLY_TYPED` is set at creation, and a
+weakly typed FP16 graph there gets no FP16 kernels without the removed flag. Setting the flag is required on 10
+and ignored on 11, so one build path gives the same engine on both.
 `tensorrt` is an optional extra (`pip install skinscan[tensorrt]`), imported lazily; without it or without
 CUDA every entry point raises `MissingDependency` with the reason. Engines are run by
 `skinscan.runtime.tensorrt.TensorRTRunner`.
@@ -15,6 +18,12 @@ from skinscan.errors import SkinScanError
 from skinscan.runtime.tensorrt import require_tensorrt
 
 
+def strongly_typed_flags(trt) -> int:
+    """`create_network` flags for a strongly typed network (the flag is deprecated and ignored on TensorRT 11)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 def build_engine(
     onnx_file: str | Path,
     engine_file: str | Path,
@@ -23,11 +32,14 @@ def build_engine(
     max_batch: int = 256,
     workspace_gib: float = 4.0,
 ) -> Path:
-    """Parse the ONNX graph into a strongly typed network and serialise an engine with a dynamic-batch profile."""
+    """Parse the ONNX graph into a strongly typed network and serialise an engine with a dynamic-batch profile
+    (`opt_batch`: the batch TensorRT tunes kernels for; give it the batch the screening actors send)."""
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise SkinScanError(f"TensorRT profile needs 1 <= min {min_batch} <= opt {opt_batch} <= max {max_batch}")
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 11: networks are always strongly typed (flag deprecated)
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_file).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

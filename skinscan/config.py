@@ -150,6 +150,11 @@ class ConvertConfig(Section):
     parity_images: str | None = None  # real images for the parity check (default: synthetic ones)
     max_abs_diff: float | None = Field(None, gt=0)  # default 1e-3, fp16 5e-2
     min_agreement: float = Field(1.0, ge=0, le=1)
+    # TensorRT optimisation profile: the batch kernels are tuned for and the largest accepted. `screen_config`
+    # takes the opt batch from a screening config (its classify or segment batch_size, by the bundle's task).
+    opt_batch: int = Field(32, ge=1)
+    max_batch: int = Field(256, ge=1)
+    screen_config: str | None = None
 
 
 class EvaluateConfig(Section):

@@ -19,6 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-abs-diff", type=float, help="parity tolerance on outputs (default 1e-3; fp16 5e-2)")
     p.add_argument("--min-agreement", type=float, default=1.0, help="required top-1 (or mask) agreement")
+    p.add_argument("--opt-batch", type=int, default=32, help="TensorRT: the batch kernels are tuned for")
+    p.add_argument("--max-batch", type=int, default=256, help="TensorRT: the largest batch the engine accepts")
+    p.add_argument(
+        "--screen-config", help="TensorRT: take the opt batch from this screening config (classify/segment batch_size)"
+    )
     p.set_defaults(func=cmd_convert)
 
 
@@ -37,6 +42,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
             "parity_images": a.parity_images,
             "max_abs_diff": a.max_abs_diff,
             "min_agreement": a.min_agreement,
+            "opt_batch": a.opt_batch,
+            "max_batch": a.max_batch,
+            "screen_config": a.screen_config,
         },
     )
     stats = run(cfg)

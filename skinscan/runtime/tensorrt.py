@@ -11,15 +11,30 @@ from pathlib import Path
 
 from skinscan.errors import MissingDependency, SkinScanError
 
+MIN_TENSORRT = 10  # the tensor-address API (execute_async_v3) and strongly typed networks
+
+
+def check_version(version: str) -> None:
+    """TensorRT >= 10, or a one-line MissingDependency naming the version found."""
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < MIN_TENSORRT:
+        raise MissingDependency(
+            f"TensorRT {version} found; SkinScan needs TensorRT >= {MIN_TENSORRT} (pip install 'skinscan[tensorrt]')"
+        )
+
 
 def require_tensorrt():
-    """The `tensorrt` module and a CUDA device, or MissingDependency saying which is missing."""
+    """The `tensorrt` module (>= 10) and a CUDA device, or MissingDependency saying which is missing."""
     try:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError:
         raise MissingDependency(
             "TensorRT is not installed (pip install 'skinscan[tensorrt]' on a CUDA machine)"
         ) from None
+    check_version(getattr(trt, "__version__", "unknown"))
     import torch
 
     if not torch.cuda.is_available():
