@@ -100,6 +100,18 @@ class TrainConfig(Section):
     name: str = "train"
     seed: int = 0
     cache_images: bool = True  # decode once per worker, keep resized uint8 arrays in memory
+    # the cache's bound per training worker (split over its loader processes); a data set larger than that is
+    # not cached at all (every epoch decodes again) rather than cached in part
+    cache_max_mb: float = Field(4096, ge=0)
+    # DataLoader processes per training worker (decode + augmentation beside the model); default: all CPUs of
+    # the worker but one on GPU workers, none on CPU workers (their CPUs run the model)
+    loader_workers: int | None = Field(None, ge=0)
+
+    @property
+    def loader_processes(self) -> int:
+        if self.loader_workers is not None:
+            return self.loader_workers
+        return max(0, self.threads_per_worker - 1) if self.use_gpu else 0
 
     @model_validator(mode="after")
     def _options_fit(self) -> TrainConfig:

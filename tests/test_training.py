@@ -260,3 +260,33 @@ def test_time_budget_flag_lives_where_the_backend_reduces(tmp_path):
         assert not _over_budget(cfg, _time.time() - 5, 1, torch.device("cpu"))
     finally:
         dist.destroy_process_group()
+
+
+def test_loader_processes_and_a_bounded_image_cache(synth_zip):
+    from skinscan.data.dataset import ImageDataset
+    from skinscan.training.driver import prepare_data
+    from skinscan.training.loop import make_loaders
+
+    cfg = TrainConfig.model_validate(
+        {"data": {"source": str(synth_zip), "hash": False}, "model": {"name": "resnet18", "img_size": 32}}
+    )
+    assert cfg.loader_processes == 0  # CPU workers: their CPUs run the model
+    gpu = cfg.model_copy(update={"use_gpu": True, "threads_per_worker": 8})
+    assert gpu.loader_processes == 7 and gpu.model_copy(update={"loader_workers": 2}).loader_processes == 2
+    df, classes = prepare_data(cfg)
+    rows = {s: df.loc[df["split"] == s, ["image_id", "uri", "label"]].to_dict("records") for s in ("train", "val")}
+    config = {"classes": classes, **rows}
+    labels = {}
+    for n in (0, 2):
+        loader, sampler, _ = make_loaders(cfg.model_copy(update={"loader_workers": n}), config, 0, 1)
+        sampler.set_epoch(0)
+        labels[n] = sorted(y for _, ys in loader for y in ys.tolist())
+        assert loader.dataset.cache  # 120 images at 37 px fit easily
+    assert labels[0] == labels[2]  # the same oversampled epoch, decoded in 2 processes
+    tiny = cfg.model_copy(update={"cache_max_mb": 0.01})
+    loader, _, val = make_loaders(tiny, config, 0, 1)
+    assert not loader.dataset.cache and not val.dataset.dataset.cache  # does not fit: not cached at all
+    ds = ImageDataset(df["uri"][:10], None, 32, cache_limit_mb=3 * 32 * 32 * 3 / 2**20)
+    for i in range(10):
+        ds[i]
+    assert len(ds._img) == 3 and ds.cached_bytes == 3 * 32 * 32 * 3  # the bound holds

@@ -1,4 +1,4 @@
-"""Torch datasets over manifests: images (and masks) decoded once, resized, cached as uint8 in memory."""
+"""Torch datasets over manifests: images (and masks) decoded once, resized, cached as uint8 in memory (bounded)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,38 @@ class ImageDataset(torch.utils.data.Dataset):
     """(image tensor, label index); with `mask_uris`, (image, mask tensor [1,H,W] float) or (image, label, mask).
 
     Images are decoded at `load_size` (JPEG draft mode) on first use and cached, so later epochs only
-    augment. `transform` (torchvision v2) runs on uint8 tensors before normalisation.
+    augment; the cache holds at most `cache_limit_mb` (per process: each DataLoader worker has its own).
+    `transform` (torchvision v2) runs on uint8 tensors before normalisation.
     """
 
-    def __init__(self, uris, labels=None, load_size: int = 224, transform=None, mask_uris=None, cache: bool = True):
+    def __init__(
+        self,
+        uris,
+        labels=None,
+        load_size: int = 224,
+        transform=None,
+        mask_uris=None,
+        cache: bool = True,
+        cache_limit_mb: float | None = None,
+    ):
         self.uris = list(uris)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.mask_uris = None if mask_uris is None else list(mask_uris)
         self.load_size, self.transform, self.cache = load_size, transform, cache
+        self.cache_limit = None if cache_limit_mb is None else cache_limit_mb * 2**20
+        self.cached_bytes = 0
         self._img: dict[int, np.ndarray] = {}
         self._mask: dict[int, np.ndarray] = {}
+
+    def bytes_per_item(self) -> int:
+        """What caching one item costs (image, and mask where there is one)."""
+        return self.load_size**2 * (3 + (self.mask_uris is not None))
+
+    def _keep(self, arr: np.ndarray) -> bool:
+        if not self.cache or (self.cache_limit is not None and self.cached_bytes + arr.nbytes > self.cache_limit):
+            return False
+        self.cached_bytes += arr.nbytes
+        return True
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -33,7 +55,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if i in self._img:
             return self._img[i]
         arr = load_image(self.uris[i], self.load_size)
-        if self.cache:
+        if self._keep(arr):
             self._img[i] = arr
         return arr
 
@@ -41,7 +63,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if i in self._mask:
             return self._mask[i]
         arr = read_mask(self.mask_uris[i], self.load_size)
-        if self.cache:
+        if self._keep(arr):
             self._mask[i] = arr
         return arr
 

@@ -136,24 +136,35 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def _loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
-    """(train loader over this worker's oversampled shard, its sampler, validation loader over its shard)."""
-    import ray.train.torch
-
+def make_loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
+    """(train loader over this worker's oversampled shard, its sampler, validation loader over its shard), as plain
+    DataLoaders: decode and augmentation run in `cfg.loader_processes` worker processes, each caching images within
+    its share of `cache_max_mb` (no cache when the data set does not fit)."""
     segment = cfg.task == "segment"
     aux_mask = not segment and cfg.lesion_mask_weight > 0
     classes: list[str] = config["classes"]
     load_size = int(round(cfg.model.img_size * 1.15))
+    procs = cfg.loader_processes
+    per_process_mb = cfg.cache_max_mb / max(1, procs)
 
-    def dataset(rows, transform, size, masks=False):
+    def dataset(rows, transform, size, masks=False, share=1.0):
         """Segmentation: (image, mask); classification: (image, label), or (image, label, mask) with `masks`."""
         labels = None if segment else [classes.index(r["label"]) for r in rows]
         mask_uris = [r["mask_uri"] for r in rows] if segment or masks else None
-        return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cfg.cache_images)
+        ds = ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cfg.cache_images)
+        need_mb = len(ds) * ds.bytes_per_item() / 2**20
+        ds.cache = cfg.cache_images and need_mb <= per_process_mb * share
+        ds.cache_limit = per_process_mb * share * 2**20
+        return ds
 
     train_rows, val_rows = config["train"], config["val"]
-    train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, masks=aux_mask)
-    val_ds = dataset(val_rows, None, cfg.model.img_size)
+    train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, aux_mask, 0.8)
+    val_ds = dataset(val_rows, None, cfg.model.img_size, share=0.2)
+    if rank == 0 and cfg.cache_images and not train_ds.cache:
+        need = len(train_ds) * train_ds.bytes_per_item() / 2**20
+        _say(
+            f"[train] image cache off: the training images need {need:.0f} MB, cache_max_mb allows {per_process_mb:.0f}"
+        )
     sampler = DistributedOversampler(
         [r.get("label") or "?" for r in train_rows],
         world,
@@ -163,11 +174,26 @@ def _loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
         max_samples=cfg.max_train_samples_per_epoch,
     )
     loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=0, drop_last=len(sampler) > cfg.batch_size
+        train_ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=procs,
+        persistent_workers=procs > 0,  # keeps each process's image cache across epochs
+        drop_last=len(sampler) > cfg.batch_size,
     )
-    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     val_subset = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
-    val_loader = torch.utils.data.DataLoader(val_subset, batch_size=cfg.batch_size * 2)
+    val_loader = torch.utils.data.DataLoader(
+        val_subset, batch_size=cfg.batch_size * 2, num_workers=min(procs, 2), persistent_workers=procs > 0
+    )
+    return loader, sampler, val_loader
+
+
+def _loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
+    """`make_loaders`, with the loaders moved to the worker's device by Ray Train (our sampler kept)."""
+    import ray.train.torch
+
+    loader, sampler, val_loader = make_loaders(cfg, config, rank, world)
+    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     return loader, sampler, ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
 
 
