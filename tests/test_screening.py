@@ -123,6 +123,7 @@ def test_mixed_archive_one_row_per_input(kind, mixed, screen_bundles, ray_local,
     assert len(ok) == 16 + n_real
     assert ok["predicted_class"].notna().all() and ok["sha256"].str.len().eq(64).all()
     assert ok["heatmap_png"].notna().all() and ok["mask_png"].notna().all() and ok["lesion_area"].between(0, 1).all()
+    assert ok["node_id"].str.len().gt(0).all() and ok["actor_id"].str.len().gt(0).all()  # who screened each row
     probs = ok[[c for c in ok.columns if c.startswith("prob_")]].sum(axis=1, min_count=1)
     assert np.allclose(probs, 1.0, atol=1e-4)
     assert (t.loc[t["status"] == "error", "error_message"].str.len() > 0).all()

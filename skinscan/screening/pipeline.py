@@ -1,4 +1,8 @@
-"""The screening job: list inputs, skip what is done, stream through Ray Data, write Parquet, summarise."""
+"""The screening job: list inputs, stream them through Ray Data (read tasks drop what is already written; decode
+tasks; segmentation and classification actors; write tasks), summarise from the written Parquet.
+
+The workers write the results: the driver receives one small row of counts per Parquet part, for the progress bar
+and the summary, never the result rows themselves."""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from skinscan.config import ScreenConfig, save_config
 from skinscan.errors import ConfigError, DataError, SkinScanError
-from skinscan.screening.writer import PartWriter, done_uris, read_results, to_table
+from skinscan.screening.writer import done_keys, list_parts, read_results, uri_keys, write_batch
+
+WRITE_CPUS = 0.25  # a write task converts and uploads one part: mostly I/O
 
 
 def list_inputs(uri: str) -> pd.DataFrame:
@@ -102,8 +109,24 @@ def steady_rate(arrivals: list[tuple[float, int]], skip: float = 0.1) -> float |
     return round((r_b - r_a) / (t_b - t_a), 2)
 
 
-def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
-    """The Ray Data pipeline over the inputs still to do (lazy; nothing runs until iterated)."""
+_DONE: dict[str, np.ndarray] = {}  # per worker process: the resume index, fetched once
+
+
+def drop_done(batch: dict, done) -> dict:
+    """Read-task filter: drop inputs already written (`done`: an ObjectRef of the sorted keys of written URIs)."""
+    import ray
+
+    key = done.hex()
+    if key not in _DONE:
+        _DONE.clear()
+        _DONE[key] = ray.get(done)
+    keep = ~np.isin(uri_keys(list(batch["uri"])), _DONE[key])
+    return {k: np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def build_dataset(cfg: ScreenConfig, inputs: pd.DataFrame, done=None):
+    """The Ray Data pipeline over `inputs`, minus those in `done` (lazy; nothing runs until iterated); its output
+    is one row of counts per Parquet part the write tasks wrote."""
     import ray
 
     from skinscan.data.storage import storage_env
@@ -113,11 +136,13 @@ def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
     cls_size = read_card(cfg.model).input_size
     seg_size = read_card(cfg.segmenter).input_size if cfg.segmenter else 0
     work = max(cls_size, seg_size) * (2 if cfg.crop_to_lesion else 1)
-    n_blocks = max(1, math.ceil(len(todo) / cfg.decode.batch_size))
+    n_blocks = max(1, math.ceil(len(inputs) / cfg.decode.batch_size))
     # from_items builds the blocks on the driver; from_pandas would run one Ray task per block before starting
-    ds = ray.data.from_items(todo[["image_id", "uri"]].to_dict("records"), override_num_blocks=n_blocks)
+    ds = ray.data.from_items(inputs[["image_id", "uri"]].to_dict("records"), override_num_blocks=n_blocks)
     env = storage_env()
     remote = {"runtime_env": {"env_vars": env}} if env else {}
+    if done is not None:
+        ds = ds.map_batches(drop_done, batch_format="numpy", fn_kwargs={"done": done}, num_cpus=cfg.decode.num_cpus)
     ds = ds.map_batches(
         decode_batch,
         batch_size=cfg.decode.batch_size,
@@ -150,7 +175,7 @@ def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
                 "crop_to_lesion": cfg.crop_to_lesion,
             },
         )
-    return ds.map_batches(
+    ds = ds.map_batches(
         ClassifyStage,
         batch_size=cfg.classify.batch_size,
         batch_format="numpy",
@@ -170,11 +195,21 @@ def build_dataset(cfg: ScreenConfig, todo: pd.DataFrame):
             "thumbnails": cfg.thumbnails,
         },
     )
+    return ds.map_batches(
+        write_batch,
+        batch_size=cfg.rows_per_part,
+        batch_format="numpy",
+        num_cpus=WRITE_CPUS,
+        fn_kwargs={"output": cfg.output},
+        **remote,
+    )
 
 
 def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
-    """Run (or resume) a screening job; returns the summary. Interrupting keeps every row received so far."""
+    """Run (or resume) a screening job; returns the summary. Interrupting keeps every part written so far."""
     import ray
+
+    from skinscan.data.storage import storage_env
 
     if not cfg.input:
         raise ConfigError("config key input: give an archive, folder or manifest (--input)")
@@ -183,42 +218,47 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     inputs = list_inputs(cfg.input)
     if inputs.empty:
         raise DataError(f"{cfg.input}: no input files")
-    done = done_uris(cfg.output) if cfg.resume else set()
-    if not cfg.resume and read_results(cfg.output, ["uri"]).num_rows:
+    earlier = bool(list_parts(cfg.output))
+    if earlier and not cfg.resume:
         raise SkinScanError(f"{cfg.output} already holds results; use resume=true or another output")
-    todo = inputs[~inputs["uri"].isin(done)].reset_index(drop=True)
+    save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
+    if not ray.is_initialized():
+        ray.init(address=ray_address, configure_logging=False, log_to_driver=False)
+    done, n_done = None, 0
+    if earlier:  # the resume index is built in a task and reaches the read tasks through the object store
+        env = storage_env()
+        task = ray.remote(done_keys).options(num_returns=2, runtime_env={"env_vars": env} if env else None)
+        done, n_done_ref = task.remote(cfg.output, uri_keys(inputs["uri"].tolist()))
+        n_done = ray.get(n_done_ref)
     print(
-        f"[screen] {len(inputs)} inputs listed in {time.time() - t_list:.1f}s; {len(inputs) - len(todo)} already "
-        f"written, {len(todo)} to do",
+        f"[screen] {len(inputs)} inputs listed in {time.time() - t_list:.1f}s; {n_done} already written, "
+        f"{len(inputs) - n_done} to do",
         flush=True,
     )
-    save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
-    writer = PartWriter(cfg.output, cfg.rows_per_part)
     t0 = time.time()
-    arrivals: list[tuple[float, int]] = []  # (seconds since t0, rows received so far)
-    interrupted = False
-    if len(todo):
+    arrivals: list[tuple[float, int]] = []  # (seconds since t0, rows written so far)
+    written, interrupted = 0, False
+    if n_done < len(inputs):
         _prepare_onnx(cfg)
-        if not ray.is_initialized():
-            ray.init(address=ray_address, configure_logging=False, log_to_driver=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = cfg.progress
         ctx.execution_options.preserve_order = False
-        ds = build_dataset(cfg, todo)
-        bar = tqdm(total=len(todo), desc="screen (rows written)", unit="img", disable=not cfg.progress)
+        ds = build_dataset(cfg, inputs, done)
+        bar = tqdm(
+            total=len(inputs), initial=n_done, desc="screen (rows written)", unit="img", disable=not cfg.progress
+        )
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                table = to_table(batch)
-                writer.add(table)
-                bar.update(table.num_rows)
-                arrivals.append((time.time() - t0, table.num_rows + (arrivals[-1][1] if arrivals else 0)))
+            for counts in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                n = int(counts["rows"].sum())
+                written += n
+                bar.update(n)
+                arrivals.append((time.time() - t0, written))
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            writer.flush()
             bar.close()
     wall = time.time() - t0
-    summary = summarize(cfg.output, wall, writer.written, len(inputs), arrivals)
+    summary = summarize(cfg.output, wall, written, len(inputs), arrivals)
     summary.update(
         {
             "input": cfg.input,
@@ -231,7 +271,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     if "://" not in cfg.output:
         (Path(cfg.output) / "summary.json").write_text(json.dumps(summary, indent=2))
     if interrupted:
-        raise KeyboardInterrupt(f"{writer.written} rows written this run; rerun the same command to resume")
+        raise KeyboardInterrupt(f"{written} rows written this run; rerun the same command to resume")
     return summary
 
 

@@ -27,6 +27,7 @@
 | backend | string | onnxruntime, torch or tensorrt |
 | t_decode_ms, t_segment_ms, t_classify_ms, t_explain_ms | float32 | per-image share of its batch's time |
 | screened_at | timestamp[ms, UTC] | when the row was produced |
+| node_id, actor_id | string | the Ray node and classifier actor that screened the row (null in older parts) |
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ SCHEMA = pa.schema(
         ("t_classify_ms", pa.float32()),
         ("t_explain_ms", pa.float32()),
         ("screened_at", pa.timestamp("ms", tz="UTC")),
+        ("node_id", pa.string()),
+        ("actor_id", pa.string()),
     ],
     metadata={"skinscan_schema_version": str(SCHEMA_VERSION)},
 )

@@ -145,6 +145,19 @@ def _resize_batch(arr: np.ndarray, size: int) -> np.ndarray:
     return np.stack([resize_square(Image.fromarray(a), size) for a in arr])
 
 
+def _placement() -> tuple[str | None, str | None]:
+    """(Ray node id, actor id) of the calling actor; (None, None) outside Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None, None
+        ctx = ray.get_runtime_context()
+        return ctx.get_node_id(), ctx.get_actor_id()
+    except Exception:  # noqa: BLE001 - provenance is best effort, never fatal
+        return None, None
+
+
 class SegmentStage:
     """U-Net: lesion mask, area and bounding box; optionally crops `work` to the lesion for the classifier."""
 
@@ -239,6 +252,7 @@ class ClassifyStage:
         self.id = self.card.model_id
         self.version = f"{self.card.created or '?'} skinscan {__version__}"
         self.layer = "features (last stage)"
+        self.node_id, self.actor_id = _placement()
 
     def _explain(self, x: np.ndarray, feats: np.ndarray | None, cls: np.ndarray) -> list[np.ndarray]:
         import torch
@@ -309,6 +323,8 @@ class ClassifyStage:
                 "model_id": _obj([self.id] * n),
                 "model_version": _obj([self.version] * n),
                 "backend": _obj([self.backend] * n),
+                "node_id": _obj([self.node_id] * n),
+                "actor_id": _obj([self.actor_id] * n),
                 "t_classify_ms": np.full(n, max(0.0, t_cls), np.float32),
                 "t_explain_ms": np.full(n, t_explain, np.float32),
             }

@@ -1,8 +1,14 @@
-"""Parquet part writer (driver side) and the resume index. Each part is written atomically (temporary file +
-rename locally, a single PUT on object stores), so a killed run leaves only complete parts behind."""
+"""Parquet parts, written by the Ray workers that made the rows, and the resume index.
+
+Each part is written atomically (temporary file + rename locally, a single PUT on object stores), so a killed run
+leaves only complete parts behind, and is named after the inputs it holds (`part_name`): a task that Ray retries
+writes the same file again instead of a second copy. Resuming reads only the `uri` column, in a Ray task
+(`done_keys`), and the inputs are filtered against it in the read tasks: no result row passes through the driver.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 
@@ -36,11 +42,62 @@ def read_results(output: str, columns: list[str] | None = None) -> pa.Table:
     parts = list_parts(output)
     if not parts:
         return SCHEMA.empty_table().select(columns) if columns else SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p, columns=columns, filesystem=fs) for p in parts])
+    tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in parts]
+    return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
 
 
-def done_uris(output: str) -> set[str]:
-    return set(read_results(output, ["uri"]).column("uri").to_pylist())
+def uri_keys(uris) -> np.ndarray:
+    """64-bit keys of input URIs (blake2b): what the resume index stores and the read tasks look up."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") for u in uris),
+        dtype=np.uint64,
+        count=len(uris),
+    )
+
+
+def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """(sorted keys of every URI already written, how many of `input_keys` are among them). Runs as a Ray task, so
+    the written URIs are read where the task runs and travel to the read tasks through the object store."""
+    done = np.unique(uri_keys(read_results(output, ["uri"]).column("uri").to_pylist()))
+    if input_keys is None:
+        return done, len(done)
+    return done, int(np.isin(input_keys, done).sum())
+
+
+def part_name(uris) -> str:
+    """`part-<hash of the sorted input URIs>.parquet`: the same rows always land in the same file."""
+    return f"part-{hashlib.sha1(chr(10).join(sorted(uris)).encode()).hexdigest()[:24]}.parquet"
+
+
+def write_part(output: str, table: pa.Table) -> str:
+    """Write one part atomically; returns its name."""
+    fs, root = _fs(output)
+    name = f"{root}/{part_name(table.column('uri').to_pylist())}"
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    if "file" in fs.protocol or "local" in fs.protocol:
+        fs.makedirs(root, exist_ok=True)
+        tmp = f"{name}.{uuid.uuid4().hex[:8]}.tmp"
+        with fs.open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        fs.mv(tmp, name)
+    else:
+        fs.pipe_file(name, buf.getvalue())  # one PUT: atomic on object stores
+    return name.rsplit("/", 1)[-1]
+
+
+def write_batch(batch: dict, output: str) -> dict:
+    """Ray Data task at the end of the pipeline: the batch's rows -> one Parquet part; returns one row of counts
+    (all the driver receives)."""
+    table = to_table(batch)
+    name = write_part(output, table)
+    status = np.asarray(batch["status"])
+    return {
+        "rows": np.array([table.num_rows]),
+        "ok": np.array([int((status == "ok").sum())]),
+        "flagged": np.array([int(np.asarray(batch["flagged"]).sum())]),
+        "part": np.array([name]),
+    }
 
 
 def to_table(batch: dict) -> pa.Table:
@@ -64,41 +121,3 @@ def to_table(batch: dict) -> pa.Table:
     now = np.datetime64("now", "ms")
     cols["screened_at"] = pa.array(np.full(n, now), type=pa.timestamp("ms", tz="UTC"))
     return pa.table(cols, schema=SCHEMA)
-
-
-class PartWriter:
-    """Buffers rows and writes `part-<run>-<seq>.parquet` files of about `rows_per_part` rows."""
-
-    def __init__(self, output: str, rows_per_part: int = 256):
-        self.fs, self.root = _fs(output)
-        self.fs.makedirs(self.root, exist_ok=True)
-        self.rows_per_part = rows_per_part
-        self.run = uuid.uuid4().hex[:8]
-        self.seq = 0
-        self.buffer: list[pa.Table] = []
-        self.buffered = 0
-        self.written = 0
-
-    def add(self, table: pa.Table) -> None:
-        self.buffer.append(table)
-        self.buffered += table.num_rows
-        if self.buffered >= self.rows_per_part:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffered:
-            return
-        table = pa.concat_tables(self.buffer)
-        name = f"{self.root}/part-{self.run}-{self.seq:05d}.parquet"
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
-            tmp = name + ".tmp"
-            with self.fs.open(tmp, "wb") as f:
-                f.write(buf.getvalue())
-            self.fs.mv(tmp, name)
-        else:
-            self.fs.pipe_file(name, buf.getvalue())  # one PUT: atomic on object stores
-        self.seq += 1
-        self.written += table.num_rows
-        self.buffer, self.buffered = [], 0
