@@ -3,8 +3,9 @@
 The job's config is validated here first (a bad value fails before anything is sent), then travels with the
 job as JSON in the `SKINSCAN_CONFIG_JSON` environment variable; the project directory is the working_dir and
 the entrypoint is `python -m jobs.<name> --from-env`.
-Object-store credentials are taken from this environment (AWS_*, GOOGLE_*, ...) and passed as env vars of
-the job, never written to a file. With token authentication (RAY_AUTH_MODE=token) Ray's client sends the
+Object-store credentials never travel with a job: the cluster's nodes read object stores with their own identity;
+only the allow-listed settings of `skinscan.data.storage.STORAGE_SETTINGS` (endpoint, region) go with it.
+With token authentication (RAY_AUTH_MODE=token) Ray's client sends the
 token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
 """
 

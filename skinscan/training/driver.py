@@ -179,7 +179,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
     if not ray.is_initialized():
         ray.init(address=ray_address, configure_logging=False)
     higher = HIGHER_IS_BETTER[cfg.metric]
-    # object-store credentials (and the test hook) reach the workers through their runtime_env, never a file
+    # non-secret object-store settings (and the test hook) reach the workers; credentials are the nodes' own
     worker_env = {**storage.storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
     trainer = TorchTrainer(
         train_loop,
