@@ -189,10 +189,22 @@ class StageConfig(Section):
     """Resources of one pipeline stage. `actors`: actor pool size (model stages); `batch_size`: images per call."""
 
     actors: int = Field(1, ge=1)
+    max_actors: int | None = Field(None, ge=1)  # grow the pool up to this many as the cluster scales (None: fixed)
     batch_size: int = Field(16, ge=1)
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     threads: int = Field(1, ge=1)  # intra-op threads of the model runtime inside one actor
+
+    @model_validator(mode="after")
+    def _pool(self) -> StageConfig:
+        if self.max_actors is not None and self.max_actors < self.actors:
+            raise ValueError(f"max_actors {self.max_actors} is below actors {self.actors}")
+        return self
+
+    @property
+    def pool(self) -> tuple[int, int]:
+        """(min, max) actors of the stage's pool."""
+        return self.actors, self.max_actors or self.actors
 
 
 class FlagConfig(Section):

@@ -52,6 +52,41 @@ def test_launcher_configs(path):
     assert all("RAY_AUTH_MODE=token" in c for c in cfg["worker_start_ray_commands"] if "ray start" in c)
 
 
+RAY_VERSION = "2.60.0"
+LAUNCHER_SCHEMA = Path(__import__("ray").__file__).parent / "autoscaler" / "ray-schema.json"
+
+
+@pytest.mark.parametrize("path", [p for p in YAMLS if p.parent == CLUSTER], ids=lambda p: p.name)
+def test_launcher_configs_pass_rays_schema_and_start_rules(path):
+    """What `ray up` would refuse, and what would make a started cluster fail: no token on the nodes, node types
+    the autoscaler cannot match, a Ray on later workers other than the head's, local clutter synced up."""
+    import json
+
+    import jsonschema
+
+    cfg = yaml.safe_load(path.read_text())
+    jsonschema.validate(cfg, json.loads(LAUNCHER_SCHEMA.read_text()))
+    init = " ".join(cfg.get("initialization_commands", []))
+    assert "~/.ray/auth_token" in init and ("secretsmanager get-secret-value" in init or "gcloud secrets" in init)
+    assert "umask 077" in init, "the token file must be readable by its user only"
+    for cmd in [*cfg["head_start_ray_commands"], *cfg["worker_start_ray_commands"]]:
+        if "ray start" in cmd:
+            assert "RAY_AUTH_MODE=token" in cmd and "RAY_AUTH_TOKEN_PATH=~/.ray/auth_token" in cmd, cmd
+    setup = " ".join(cfg["setup_commands"])
+    assert f"'ray[data,train,default]=={RAY_VERSION}'" in setup, "Ray must be pinned on every node"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f"ray[data,train,default]>={RAY_VERSION},<2.61" in pyproject
+    for name, node in cfg["available_node_types"].items():
+        res = node["resources"]
+        assert "CPU" in res, f"{name}: resources must be explicit (GCP fills in none)"
+        if name != cfg["head_node_type"]:
+            assert res["CPU"] > 0 and res.get("GPU", 0) >= 1, f"{name}: a GPU worker declares its CPUs and GPUs"
+    if cfg["provider"]["type"] == "gcp":
+        gpu = cfg["available_node_types"]["gpu_worker"]["node_config"]
+        assert {"key": "install-nvidia-driver", "value": "True"} in gpu["metadata"]["items"]
+    assert ".gitignore" in cfg["rsync_filter"] and {".venv", "runs"} <= set(cfg["rsync_exclude"])
+
+
 def _head_specs(doc):
     spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
     return spec["headGroupSpec"], spec["workerGroupSpecs"]
