@@ -92,27 +92,87 @@ def _head_specs(doc):
     return spec["headGroupSpec"], spec["workerGroupSpecs"]
 
 
-@pytest.mark.parametrize("path", sorted((CLUSTER / "kuberay").glob("*.yaml")), ids=lambda p: p.name)
+RAY_MANIFESTS = [p for p in sorted((CLUSTER / "kuberay").glob("*.yaml")) if "networkpolicy" not in p.name]
+CRDS = ROOT.parent / "shared" / "schemas" / "kuberay-v1.7.0"
+
+
+@pytest.mark.parametrize("path", RAY_MANIFESTS, ids=lambda p: p.name)
 def test_kuberay_manifests(path):
     doc = yaml.safe_load(path.read_text())
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob") and doc["metadata"]["name"]
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    assert spec["rayVersion"] == RAY_VERSION
+    assert spec["authOptions"] == {"mode": "token", "secretName": "skinscan-ray-token"}, "token for every container"
     head, workers = _head_specs(doc)
-    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     assert head["rayStartParams"]["num-cpus"] == "0"
-    for group in [head, *workers]:
-        for c in group["template"]["spec"]["containers"]:
-            env = {e["name"]: e for e in c["env"]}
-            assert env["RAY_AUTH_MODE"]["value"] == "token"
-            assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], "token must come from a Secret"
-    if doc["kind"] == "RayJob":
+    if doc["kind"] == "RayJob":  # the operator polls job status through the head Service: a policy, not loopback
+        assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+        policy = yaml.safe_load((CLUSTER / "kuberay" / "networkpolicy.yaml").read_text())
+        labels = policy["spec"]["podSelector"]["matchLabels"]
+        for group in [head, *workers]:
+            assert labels.items() <= group["template"]["metadata"]["labels"].items(), "the policy must cover every pod"
         assert doc["spec"]["entrypoint"].startswith("python -m jobs.")
         assert (ROOT / (doc["spec"]["entrypoint"].split()[2].replace(".", "/") + ".py")).exists()
+        config = yaml.safe_load((ROOT / doc["spec"]["entrypoint"].split()[-1]).read_text())
+        for key in ("output", "model", "segmenter", "storage_path"):  # the pods go away after the job
+            if isinstance(config.get(key), str):
+                assert config[key].startswith("s3://"), f"{key} must be on object storage, not in the pod"
+    else:
+        assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    for group in [head, *workers]:
+        for c in group["template"]["spec"]["containers"]:
+            assert not any(e["name"].startswith("AWS_") for e in c.get("env", [])), "no credentials in pods"
+
+
+def _strict(schema):
+    """The CRD's OpenAPI schema with unknown fields refused, as the API server's pruning would drop them silently."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items() if k != "x-kubernetes-int-or-string"}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        if schema.get("x-kubernetes-int-or-string"):
+            out.pop("type", None)
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@pytest.mark.parametrize("path", RAY_MANIFESTS, ids=lambda p: p.name)
+def test_kuberay_manifests_validate_against_the_v1_7_crds(path):
+    import jsonschema
+
+    if not CRDS.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRDS}")
+    doc = yaml.safe_load(path.read_text())
+    crd = yaml.safe_load((CRDS / f"ray.io_{doc['kind'].lower()}s.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == doc["apiVersion"].split("/")[1])
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta is the API server's, not in the CRD
+    jsonschema.validate(doc, schema)
+    broken = yaml.safe_load(path.read_text())
+    spec = broken["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else broken["spec"]
+    spec["authOptions"]["mdoe"] = "token"  # a misspelt field is refused, not ignored
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_dockerfile_pins_and_runs_as_non_root():
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{RAY_VERSION}-py311-gpu" in text and "USER ray" in text
+    assert "torch==2.14.1" in text and f"ray[data,train,default]=={RAY_VERSION}" in text
+    assert "AS tensorrt" in text and "USER root" not in text
 
 
 def test_no_public_binding_and_no_credentials():
     for f in [*YAMLS, CLUSTER / "local.sh"]:
         text = f.read_text()
-        assert "0.0.0.0" not in text, f"{f.name} binds to all interfaces"
+        if "RayJob" not in text:  # RayJobs bind pod interfaces for the operator, behind networkpolicy.yaml
+            assert "0.0.0.0" not in text, f"{f.name} binds to all interfaces"
         for pattern in SECRET_PATTERNS:
             assert not re.search(pattern, text, re.I), f"{f.name} looks like it holds a credential ({pattern})"
     script = (CLUSTER / "local.sh").read_text()

@@ -19,7 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREEN = sorted((ROOT / "configs/screen").glob("*.yaml"))
 TRAIN = sorted((ROOT / "configs/train").glob("*.yaml"))
 LAUNCHER = sorted((ROOT / "cluster").glob("*.yaml"))
-KUBERAY = sorted((ROOT / "cluster/kuberay").glob("*.yaml"))
+KUBERAY = sorted(
+    p
+    for p in (ROOT / "cluster/kuberay").glob("*.yaml")
+    if yaml.safe_load(p.read_text()).get("kind") in ("RayCluster", "RayJob")
+)
 EPS = 1e-9
 
 
