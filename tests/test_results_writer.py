@@ -58,3 +58,15 @@ def test_uri_keys_are_stable_and_distinct(uris):
     k = uri_keys(uris)
     assert k.dtype == np.uint64 and len(np.unique(k)) == len(uris)
     assert np.array_equal(k, uri_keys(list(uris)))
+
+
+def test_readers_take_only_the_rows_and_columns_they_need(tmp_path):
+    out = str(tmp_path / "o")
+    old = _batch(["o1", "o2"])
+    del old["node_id"]  # a part written before the provenance columns existed
+    write_batch(old, out)
+    write_batch(_batch(["n1", "n2", "n3"]), out)
+    some = read_results(out, ["uri", "node_id", "thumbnail_jpeg"], uris=["o2", "n3"]).to_pandas()
+    assert sorted(some["uri"]) == ["n3", "o2"]
+    assert some.set_index("uri")["node_id"].to_dict() == {"n3": "node-a", "o2": None}
+    assert read_results(out, ["uri"]).num_rows == 5

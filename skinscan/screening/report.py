@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from skinscan.data.taxonomy import CLASS_DESCRIPTIONS, ISIC2019_CLASSES, MALIGNANT
-from skinscan.screening.writer import read_results
+from skinscan.screening.schema import SCHEMA
+from skinscan.screening.writer import HEAVY_COLUMNS, read_results
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;
@@ -109,7 +110,8 @@ def _gallery_item(row: dict) -> str:
 def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path:
     from skinscan.screening.pipeline import summarize
 
-    t = read_results(output).to_pandas()
+    light = [f.name for f in SCHEMA if f.name not in HEAVY_COLUMNS]
+    t = read_results(output, light).to_pandas()  # every row, no images
     s = summarize(output, n_inputs=None)
     path = Path(path) if path else Path(output) / "report.html"
     ok = t[t["status"] == "ok"]
@@ -117,7 +119,11 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
     mal_cols = [f"prob_{c}" for c in MALIGNANT if f"prob_{c}" in flagged]
     flagged["_risk"] = flagged[mal_cols].max(axis=1) if mal_cols else 0
     flagged = flagged.sort_values("_risk", ascending=False)
-    shown = flagged[flagged["thumbnail_jpeg"].notna()].head(max_flagged)
+    # images only for the gallery's rows (flagged rows without a thumbnail are skipped, as before)
+    top = flagged.head(max_flagged * 2)
+    images = read_results(output, ["uri", *HEAVY_COLUMNS], uris=top["uri"].tolist()).to_pandas()
+    shown = top.merge(images, on="uri", how="inner")
+    shown = shown[shown["thumbnail_jpeg"].notna()].sort_values("_risk", ascending=False).head(max_flagged)
     items = "".join(_gallery_item(r) for r in shown.to_dict("records"))
     errors = t[t["status"] != "ok"]
     err_rows = "".join(

@@ -36,14 +36,24 @@ def list_parts(output: str) -> list[str]:
     )
 
 
-def read_results(output: str, columns: list[str] | None = None) -> pa.Table:
-    """All rows written so far (any subset of columns)."""
+HEAVY_COLUMNS = ("mask_png", "heatmap_png", "thumbnail_jpeg")
+"""The image columns: readers that only count or summarise leave them out."""
+
+
+def read_results(output: str, columns: list[str] | None = None, uris: list[str] | None = None) -> pa.Table:
+    """Rows written so far: any subset of columns, and only the rows of `uris` when given (pushed down to the
+    Parquet reader, so the other rows' images are never read)."""
+    import pyarrow.dataset as pads
+
     fs, _ = _fs(output)
     parts = list_parts(output)
     if not parts:
         return SCHEMA.empty_table().select(columns) if columns else SCHEMA.empty_table()
-    tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in parts]
-    return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
+    if uris is None:
+        tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in parts]
+        return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
+    dataset = pads.dataset(parts, schema=SCHEMA, format="parquet", filesystem=fs)  # missing columns read as null
+    return dataset.to_table(columns=columns, filter=pads.field("uri").isin(list(uris)))
 
 
 def uri_keys(uris) -> np.ndarray:
