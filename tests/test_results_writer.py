@@ -70,3 +70,4 @@ def test_readers_take_only_the_rows_and_columns_they_need(tmp_path):
     assert sorted(some["uri"]) == ["n3", "o2"]
     assert some.set_index("uri")["node_id"].to_dict() == {"n3": "node-a", "o2": None}
     assert read_results(out, ["uri"]).num_rows == 5
+    assert read_results(out, ["uri", "thumbnail_jpeg"], uris=[]).num_rows == 0  # nothing flagged: nothing read

@@ -177,6 +177,13 @@ def test_killed_run_resumes_to_exactly_one_row_each(screen_bundles, synth_zip, r
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
+    # the workers write the parts: a write already in its last syscall may land just after the kill; wait until
+    # the killed run's processes are gone (no new part for 2 s) before counting what it left
+    seen, stable_since = -1, time.time()
+    while time.time() - stable_since < 2 and time.time() < deadline + 30:
+        n = len(list(results.glob("part-*.parquet")))
+        seen, stable_since = n, (stable_since if n == seen else time.time())
+        time.sleep(0.2)
     partial = read_results(str(tmp_path / "killed"), ["uri"]).num_rows
     assert 0 < partial < 120, f"kill did not land mid-run ({partial} rows)"
     resumed = screen(cfg)  # the same command again

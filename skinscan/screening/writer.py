@@ -53,7 +53,7 @@ def read_results(output: str, columns: list[str] | None = None, uris: list[str] 
         tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in parts]
         return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
     dataset = pads.dataset(parts, schema=SCHEMA, format="parquet", filesystem=fs)  # missing columns read as null
-    return dataset.to_table(columns=columns, filter=pads.field("uri").isin(list(uris)))
+    return dataset.to_table(columns=columns, filter=pads.field("uri").isin(pa.array(list(uris), pa.string())))
 
 
 def uri_keys(uris) -> np.ndarray:
