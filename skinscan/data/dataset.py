@@ -38,9 +38,10 @@ class ImageDataset(torch.utils.data.Dataset):
         self._img: dict[int, np.ndarray] = {}
         self._mask: dict[int, np.ndarray] = {}
 
-    def bytes_per_item(self) -> int:
+    @staticmethod
+    def item_bytes(load_size: int, masks: bool) -> int:
         """What caching one item costs (image, and mask where there is one)."""
-        return self.load_size**2 * (3 + (self.mask_uris is not None))
+        return load_size**2 * (3 + masks)
 
     def _keep(self, arr: np.ndarray) -> bool:
         if not self.cache or (self.cache_limit is not None and self.cached_bytes + arr.nbytes > self.cache_limit):

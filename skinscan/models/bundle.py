@@ -222,12 +222,12 @@ def record_parity(directory: str | Path, key: str, stats: dict[str, Any]) -> Mod
 def checked_file(directory: str | Path, key: str) -> Path:
     """The file of export `key`, after checking its sha256 against the card; a missing export names the command
     that makes it."""
-    card = read_card(directory)
-    entry = card.exports.get(key)
+    local = local_bundle(directory)  # one fetch (or card comparison) for a remote bundle, not two
+    entry = read_card(local).exports.get(key)
     if entry is None:
         command = EXPORT_COMMANDS.get(key, "skinscan convert --model {bundle}").format(bundle=directory)
         raise BundleError(f"{directory}: no {key} export; make it with `{command}`")
-    path = local_bundle(directory) / entry.file
+    path = local / entry.file
     if not path.is_file() or file_sha256(path) != entry.sha256:
         raise BundleError(f"{path}: missing or does not match the sha256 in the model card; export again")
     return path

@@ -151,17 +151,16 @@ def make_loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
         """Segmentation: (image, mask); classification: (image, label), or (image, label, mask) with `masks`."""
         labels = None if segment else [classes.index(r["label"]) for r in rows]
         mask_uris = [r["mask_uri"] for r in rows] if segment or masks else None
-        ds = ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cfg.cache_images)
-        need_mb = len(ds) * ds.bytes_per_item() / 2**20
-        ds.cache = cfg.cache_images and need_mb <= per_process_mb * share
-        ds.cache_limit = per_process_mb * share * 2**20
-        return ds
+        budget_mb = per_process_mb * share
+        need_mb = len(rows) * ImageDataset.item_bytes(size, mask_uris is not None) / 2**20
+        cache = cfg.cache_images and need_mb <= budget_mb
+        return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cache, budget_mb)
 
     train_rows, val_rows = config["train"], config["val"]
     train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, aux_mask, 0.8)
     val_ds = dataset(val_rows, None, cfg.model.img_size, share=0.2)
     if rank == 0 and cfg.cache_images and not train_ds.cache:
-        need = len(train_ds) * train_ds.bytes_per_item() / 2**20
+        need = len(train_ds) * ImageDataset.item_bytes(load_size, aux_mask or segment) / 2**20
         _say(
             f"[train] image cache off: the training images need {need:.0f} MB, cache_max_mb allows {per_process_mb:.0f}"
         )
