@@ -48,7 +48,8 @@ def test_resume_index_and_read_task_filter(tmp_path, monkeypatch):
             return "ref-1"
 
     monkeypatch.setattr("ray.get", lambda ref: done)
-    batch = {"uri": np.array(["a", "x", "c", "y"], dtype=object), "image_id": np.array(["1", "2", "3", "4"])}
+    uris = ["a", "x", "c", "y"]
+    batch = {"uri": np.array(uris, dtype=object), "image_id": np.array(["1", "2", "3", "4"]), "key": uri_keys(uris)}
     kept = pipeline.drop_done(batch, Ref())
     assert list(kept["uri"]) == ["x", "y"] and list(kept["image_id"]) == ["2", "4"]
 

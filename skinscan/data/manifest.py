@@ -192,19 +192,23 @@ def read_folder(root: str, hash_bytes: bool = True) -> pd.DataFrame:
     return _finish(pd.DataFrame(rows), "folder", hash_bytes)
 
 
+def unique_ids(uris: list[str]) -> list[str]:
+    """File stems as image ids; a repeated stem (a.jpg and sub/a.jpg) gets a short hash of its URI appended."""
+    seen: dict[str, int] = {}
+    out = []
+    for u in uris:
+        i = storage.stem(u)
+        n = seen.get(i, 0)
+        seen[i] = n + 1
+        out.append(i if n == 0 else f"{i}~{hashlib.sha1(u.encode()).hexdigest()[:8]}")
+    return out
+
+
 def read_unlabeled(root: str, hash_bytes: bool = True) -> pd.DataFrame:
     uris = storage.list_files(root)
     if not uris:
         raise DataError(f"{root}: no files found")
-    ids = [storage.stem(u) for u in uris]
-    # keep ids unique when two files share a stem (e.g. a.jpg and sub/a.jpg)
-    seen: dict[str, int] = {}
-    unique = []
-    for i, u in zip(ids, uris):
-        n = seen.get(i, 0)
-        seen[i] = n + 1
-        unique.append(i if n == 0 else f"{i}~{hashlib.sha1(u.encode()).hexdigest()[:8]}")
-    return _finish(pd.DataFrame({"image_id": unique, "uri": uris}), "unlabeled", hash_bytes)
+    return _finish(pd.DataFrame({"image_id": unique_ids(uris), "uri": uris}), "unlabeled", hash_bytes)
 
 
 def read_manifest_file(uri: str) -> pd.DataFrame:

@@ -112,8 +112,9 @@ def _keep(name: str, include_sidecars: bool) -> bool:
     return include_sidecars or not base.lower().endswith(SIDECAR_SUFFIXES)
 
 
-def list_files(uri: str, include_sidecars: bool = False) -> list[str]:
-    """Every file under a folder or inside an archive, as readable URIs, sorted.
+def list_files(uri: str, include_sidecars: bool = False, recursive: bool = True) -> list[str]:
+    """Every file under a folder or inside an archive, as readable URIs, sorted (`recursive` False: the folder's
+    own files only, not those of its subfolders; folders only).
 
     Sidecar files (CSV, JSON, YAML, Parquet, text) are left out unless `include_sidecars`.
     """
@@ -136,7 +137,8 @@ def list_files(uri: str, include_sidecars: bool = False) -> list[str]:
         return [uri]
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     out = []
-    for name in fs.find(path):
+    names = fs.find(path) if recursive else [i["name"] for i in fs.ls(path, detail=True) if i["type"] == "file"]
+    for name in names:
         if not _keep(name, include_sidecars):
             continue
         out.append(name if protocol in ("file", "local") else f"{protocol}://{name.lstrip('/')}")

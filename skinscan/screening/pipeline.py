@@ -7,12 +7,10 @@ and the summary, never the result rows themselves."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from skinscan.config import ScreenConfig, save_config
@@ -20,18 +18,6 @@ from skinscan.errors import ConfigError, DataError, SkinScanError
 from skinscan.screening.writer import done_keys, list_parts, read_results, uri_keys, write_batch
 
 WRITE_CPUS = 0.25  # a write task converts and uploads one part: mostly I/O
-
-
-def list_inputs(uri: str) -> pd.DataFrame:
-    """(image_id, uri) for every input: each file of a folder/archive, or each row of a manifest/CSV."""
-    from skinscan.config import DataConfig
-    from skinscan.data.manifest import build_manifest, read_unlabeled
-
-    if uri.lower().endswith((".csv", ".parquet")):
-        df = build_manifest(DataConfig(source=uri, hash=False))
-    else:
-        df = read_unlabeled(uri, hash_bytes=False)
-    return df[["image_id", "uri"]].reset_index(drop=True)
 
 
 def _check_models(cfg: ScreenConfig) -> None:
@@ -61,30 +47,53 @@ def _prepare_onnx(cfg: ScreenConfig) -> None:
         ensure_onnx(bundle)
 
 
-def summarize(
-    output: str,
-    wall_s: float | None = None,
-    new_rows: int = 0,
-    n_inputs: int | None = None,
-    arrivals: list[tuple[float, int]] | None = None,
-) -> dict:
-    """Counts over everything written so far; with `wall_s`, this run's rate. `arrivals`: (seconds since start,
-    rows so far) per batch received; gives the start-up time (until the first rows) and the steady rate (over the
-    rows after the first 10%, so neither start-up nor the first burst of already-queued work counts)."""
+def count_results(output: str, input_keys: np.ndarray | None = None) -> dict:
+    """Counts over everything written so far, matched by URI against `input_keys` (the inputs' resume keys) when
+    given: inputs without a row (missing) and rows whose input is no longer listed (stale, named, never fatal).
+    Reads only light columns; `screen` runs it as a Ray task, so no result row reaches the driver."""
     t = read_results(output, ["uri", "status", "error_type", "predicted_class", "flagged"]).to_pandas()
     dup = int(t["uri"].duplicated().sum())
     ok = t[t["status"] == "ok"]
-    summary = {
+    counts = {
         "rows": int(len(t)),
-        "inputs": n_inputs,
+        "inputs": None,
         "duplicates": dup,
-        "complete": (n_inputs is None or len(t) - dup == n_inputs) and dup == 0,
+        "complete": dup == 0,
         "ok": int(len(ok)),
         "errors": int((t["status"] != "ok").sum()),
         "errors_by_type": {k: int(v) for k, v in t["error_type"].dropna().value_counts().items()},
         "per_class": {k: int(v) for k, v in ok["predicted_class"].value_counts().items()},
         "flagged": int(ok["flagged"].sum()),
     }
+    if input_keys is not None:
+        inputs = np.unique(input_keys)
+        written = uri_keys(t["uri"].tolist())
+        listed = np.isin(written, inputs)
+        stale = t["uri"][~listed].drop_duplicates()
+        missing = len(inputs) - len(np.unique(written[listed]))
+        counts.update(
+            {
+                "inputs": int(len(inputs)),
+                "missing": int(missing),
+                "stale": int(len(stale)),
+                "stale_examples": stale.head(3).tolist(),
+                "complete": missing == 0 and dup == 0,
+            }
+        )
+    return counts
+
+
+def summarize(
+    output: str,
+    wall_s: float | None = None,
+    new_rows: int = 0,
+    counts: dict | None = None,
+    arrivals: list[tuple[float, int]] | None = None,
+) -> dict:
+    """`counts` (or `count_results(output)`), plus, with `wall_s`, this run's rate. `arrivals`: (seconds since start,
+    rows so far) per part written; gives the start-up time (until the first rows) and the steady rate (over the
+    rows after the first 10%, so neither start-up nor the first burst of already-queued work counts)."""
+    summary = dict(counts) if counts is not None else count_results(output)
     if wall_s is not None:
         summary.update(
             {
@@ -120,13 +129,30 @@ def drop_done(batch: dict, done) -> dict:
     if key not in _DONE:
         _DONE.clear()
         _DONE[key] = ray.get(done)
-    keep = ~np.isin(uri_keys(list(batch["uri"])), _DONE[key])
+    keep = ~np.isin(np.asarray(batch["key"], np.uint64), _DONE[key])
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
 
-def build_dataset(cfg: ScreenConfig, inputs: pd.DataFrame, done=None):
-    """The Ray Data pipeline over `inputs`, minus those in `done` (lazy; nothing runs until iterated); its output
-    is one row of counts per Parquet part the write tasks wrote."""
+def _input_keys(refs: list) -> np.ndarray:
+    """The `key` column of the listing blocks (ObjectRefs of Arrow tables), inside a Ray task."""
+    import ray
+
+    tables = ray.get(refs)
+    keys = [np.asarray(t.column("key"), np.uint64) for t in tables]
+    return np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+
+
+def _done_task(output: str, refs: list) -> tuple[np.ndarray, int]:
+    return done_keys(output, _input_keys(refs))
+
+
+def _count_task(output: str, refs: list) -> dict:
+    return count_results(output, _input_keys(refs))
+
+
+def build_dataset(cfg: ScreenConfig, inputs, done=None):
+    """The Ray Data pipeline over `inputs` (a Dataset of image_id, uri, key), minus those in `done` (lazy; nothing
+    runs until iterated); its output is one row of counts per Parquet part the write tasks wrote."""
     import ray
 
     from skinscan.data.storage import storage_env
@@ -136,9 +162,7 @@ def build_dataset(cfg: ScreenConfig, inputs: pd.DataFrame, done=None):
     cls_size = read_card(cfg.model).input_size
     seg_size = read_card(cfg.segmenter).input_size if cfg.segmenter else 0
     work = max(cls_size, seg_size) * (2 if cfg.crop_to_lesion else 1)
-    n_blocks = max(1, math.ceil(len(inputs) / cfg.decode.batch_size))
-    # from_items builds the blocks on the driver; from_pandas would run one Ray task per block before starting
-    ds = ray.data.from_items(inputs[["image_id", "uri"]].to_dict("records"), override_num_blocks=n_blocks)
+    ds = inputs
     env = storage_env()
     remote = {"runtime_env": {"env_vars": env}} if env else {}
     if done is not None:
@@ -205,48 +229,62 @@ def build_dataset(cfg: ScreenConfig, inputs: pd.DataFrame, done=None):
     )
 
 
-def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
-    """Run (or resume) a screening job; returns the summary. Interrupting keeps every part written so far."""
+def _task(fn, env: dict, **options):
     import ray
 
+    return ray.remote(fn).options(num_cpus=0.25, runtime_env={"env_vars": env} if env else None, **options)
+
+
+def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
+    """Run (or resume) a screening job; returns the summary. Interrupting keeps every part written so far.
+
+    The driver plans the listing, starts the pipeline and counts parts: the inputs are listed in read tasks into
+    the object store, the resume index and the final counts are computed in tasks, and the rows are written by the
+    workers that made them."""
+    import ray
+
+    from skinscan.data.listing import plan_units
     from skinscan.data.storage import storage_env
+    from skinscan.screening.inputs import read_inputs
 
     if not cfg.input:
         raise ConfigError("config key input: give an archive, folder or manifest (--input)")
     _check_models(cfg)
-    t_list = time.time()
-    inputs = list_inputs(cfg.input)
-    if inputs.empty:
-        raise DataError(f"{cfg.input}: no input files")
+    units = plan_units(cfg.input)
     earlier = bool(list_parts(cfg.output))
     if earlier and not cfg.resume:
         raise SkinScanError(f"{cfg.output} already holds results; use resume=true or another output")
     save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
     if not ray.is_initialized():
         ray.init(address=ray_address, configure_logging=False, log_to_driver=False)
+    env = storage_env()
+    t_list = time.time()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.progress
+    ctx.execution_options.preserve_order = False
+    runtime_env = {"env_vars": env} if env else None
+    listing = read_inputs(cfg.input, cfg.decode.batch_size, runtime_env, units).materialize()
+    n_inputs = listing.count()
+    if n_inputs == 0:
+        raise DataError(f"{cfg.input}: no input files")
+    refs = listing.to_arrow_refs()  # ObjectRefs only: the list itself stays in the object store
+    inputs = ray.data.from_arrow_refs(refs)  # one block per chunk (a read task's blocks would travel as one bundle)
     done, n_done = None, 0
     if earlier:  # the resume index is built in a task and reaches the read tasks through the object store
-        env = storage_env()
-        task = ray.remote(done_keys).options(num_returns=2, runtime_env={"env_vars": env} if env else None)
-        done, n_done_ref = task.remote(cfg.output, uri_keys(inputs["uri"].tolist()))
+        done, n_done_ref = _task(_done_task, env, num_returns=2).remote(cfg.output, refs)
         n_done = ray.get(n_done_ref)
     print(
-        f"[screen] {len(inputs)} inputs listed in {time.time() - t_list:.1f}s; {n_done} already written, "
-        f"{len(inputs) - n_done} to do",
+        f"[screen] {n_inputs} inputs listed in {time.time() - t_list:.1f}s ({len(units)} listing tasks); "
+        f"{n_done} already written, {n_inputs - n_done} to do",
         flush=True,
     )
     t0 = time.time()
     arrivals: list[tuple[float, int]] = []  # (seconds since t0, rows written so far)
     written, interrupted = 0, False
-    if n_done < len(inputs):
+    if n_done < n_inputs:
         _prepare_onnx(cfg)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = cfg.progress
-        ctx.execution_options.preserve_order = False
         ds = build_dataset(cfg, inputs, done)
-        bar = tqdm(
-            total=len(inputs), initial=n_done, desc="screen (rows written)", unit="img", disable=not cfg.progress
-        )
+        bar = tqdm(total=n_inputs, initial=n_done, desc="screen (rows written)", unit="img", disable=not cfg.progress)
         try:
             for counts in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 n = int(counts["rows"].sum())
@@ -258,7 +296,8 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
         finally:
             bar.close()
     wall = time.time() - t0
-    summary = summarize(cfg.output, wall, written, len(inputs), arrivals)
+    counts = ray.get(_task(_count_task, env).remote(cfg.output, refs))
+    summary = summarize(cfg.output, wall, written, counts, arrivals)
     summary.update(
         {
             "input": cfg.input,
@@ -277,9 +316,15 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
 
 def print_summary(s: dict) -> None:
     print(
-        f"[screen] {s['rows']} rows for {s['inputs']} inputs (complete: {s['complete']}, duplicates "
-        f"{s['duplicates']}); ok {s['ok']}, errors {s['errors']} {s['errors_by_type'] or ''}"
+        f"[screen] {s['rows']} rows for {s['inputs']} inputs (complete: {s['complete']}, missing "
+        f"{s.get('missing', '?')}, duplicates {s['duplicates']}); ok {s['ok']}, errors {s['errors']} "
+        f"{s['errors_by_type'] or ''}"
     )
+    if s.get("stale"):
+        print(
+            f"[screen] {s['stale']} rows are for inputs no longer listed (e.g. {', '.join(s['stale_examples'])}); "
+            "they are kept and do not count as missing"
+        )
     print(f"[screen] per class {s['per_class']}; flagged {s['flagged']}")
     if s.get("images_per_s") is not None:
         print(

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from skinscan.data.listing import uri_keys
 from skinscan.screening.schema import SCHEMA
 
 RESULTS_DIR = "results"  # Parquet parts live in OUTPUT/results/ (only Parquet there: pandas/polars/DuckDB read it)
@@ -54,15 +55,6 @@ def read_results(output: str, columns: list[str] | None = None, uris: list[str] 
         return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
     dataset = pads.dataset(parts, schema=SCHEMA, format="parquet", filesystem=fs)  # missing columns read as null
     return dataset.to_table(columns=columns, filter=pads.field("uri").isin(pa.array(list(uris), pa.string())))
-
-
-def uri_keys(uris) -> np.ndarray:
-    """64-bit keys of input URIs (blake2b): what the resume index stores and the read tasks look up."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") for u in uris),
-        dtype=np.uint64,
-        count=len(uris),
-    )
 
 
 def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.ndarray, int]:

@@ -1,0 +1,170 @@
+"""Listing the inputs of a screening run in pieces, so that no one process ever holds the whole list.
+
+`plan_units` looks only at the top of the input (cheap, on the driver) and returns listing units: each archive, each
+top-level subfolder of a folder or object-store prefix, the folder's own files, or one manifest. `iter_unit`
+lists one unit (in a Ray read task) and yields Arrow tables of `image_id`, `uri` and `key` (the 64-bit resume key of
+the URI), `chunk_rows` at a time. Image ids are file stems, made unique within a unit as `read_unlabeled` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+
+from skinscan.data import storage
+from skinscan.data.manifest import build_manifest, unique_ids
+from skinscan.errors import DataError
+
+LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("key", pa.uint64())])
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of listing work. kind: archive (target: archive URI, prefix: folder inside it or ""), tree (a
+    folder, recursively), files (a folder's own files), file (one input), manifest (a CSV/Parquet table)."""
+
+    kind: str
+    target: str
+    prefix: str = ""
+
+
+def uri_keys(uris) -> np.ndarray:
+    """64-bit keys of input URIs (blake2b): what the resume index stores and the read tasks look up."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") for u in uris),
+        dtype=np.uint64,
+        count=len(uris),
+    )
+
+
+def _subfolders_and_files(uri: str) -> tuple[list[str], bool]:
+    """(subfolder URIs, whether the folder holds files itself). Local folders are scanned entry by entry, so a flat
+    folder of a million files costs the driver no memory."""
+    if "://" not in uri:
+        dirs, has_files = [], False
+        with os.scandir(uri) as it:
+            for e in it:
+                if e.is_dir():
+                    if not e.name.startswith(".") and e.name != "__MACOSX":
+                        dirs.append(e.path)
+                else:
+                    has_files = True
+        return sorted(dirs), has_files
+    fs, path = fsspec.core.url_to_fs(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    dirs, has_files = [], False
+    for info in fs.ls(path, detail=True):
+        name = info["name"].rstrip("/")
+        if info["type"] == "directory":
+            if not posixpath.basename(name).startswith("."):
+                dirs.append(f"{protocol}://{name.lstrip('/')}")
+        else:
+            has_files = True
+    return sorted(dirs), has_files
+
+
+def plan_units(uri: str) -> list[Unit]:
+    """The listing units of an input: a manifest, an archive (or a folder inside one), or a folder/prefix."""
+    uri = storage.normalize(uri)
+    if uri.lower().endswith(MANIFEST_SUFFIXES):
+        if not storage.exists(uri):
+            raise DataError(f"manifest not found: {uri}")
+        return [Unit("manifest", uri)]
+    chained = storage.split_chained(uri)
+    if chained:
+        _, member, archive = chained
+        if not storage.exists(archive):
+            raise DataError(f"archive not found: {archive}")
+        return [Unit("archive", storage.normalize(archive), member.strip("/") + "/")]
+    if storage.archive_kind(uri) is not None:
+        if not storage.exists(uri):
+            raise DataError(f"archive not found: {uri}")
+        return [Unit("archive", uri)]
+    if not storage.exists(uri):
+        raise DataError(f"input not found: {uri}")
+    if not storage.is_dir(uri):
+        return [Unit("file", uri)]
+    dirs, has_files = _subfolders_and_files(uri)
+    return ([Unit("files", uri)] if has_files else []) + [Unit("tree", d) for d in dirs]
+
+
+def _table(ids: list[str], uris: list[str]) -> pa.Table:
+    return pa.table(
+        {"image_id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string()), "key": uri_keys(uris)},
+        schema=LISTING_SCHEMA,
+    )
+
+
+def _chunks(uris: list[str], chunk_rows: int) -> Iterator[pa.Table]:
+    ids = unique_ids(uris)
+    for i in range(0, len(uris), chunk_rows):
+        yield _table(ids[i : i + chunk_rows], uris[i : i + chunk_rows])
+
+
+def _is_skinscan_manifest(uri: str) -> bool:
+    if uri.lower().endswith(".parquet"):
+        return True
+    with fsspec.open(uri, "rb") as f:
+        head = f.readline().decode("utf-8", "replace").strip().split(",")
+    return "uri" in head and "image_id" in head
+
+
+def _iter_manifest(uri: str, chunk_rows: int) -> Iterator[pa.Table]:
+    """A SkinScan manifest, streamed: only `image_id` and `uri` are read, `chunk_rows` at a time. Other tables
+    (ISIC 2019 ground truth, HAM10000 metadata) go through their reader, which resolves image names to files."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not _is_skinscan_manifest(uri):
+        from skinscan.config import DataConfig
+
+        df = build_manifest(DataConfig(source=uri, hash=False))
+        ids, uris = df["image_id"].astype(str).tolist(), df["uri"].astype(str).tolist()
+        for i in range(0, len(uris), chunk_rows):
+            yield _table(ids[i : i + chunk_rows], uris[i : i + chunk_rows])
+        return
+    cols = ["image_id", "uri"]
+    with fsspec.open(uri, "rb") as f:
+        if uri.lower().endswith(".parquet"):
+            batches = pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=cols)
+        else:
+            batches = pacsv.open_csv(
+                f,
+                read_options=pacsv.ReadOptions(block_size=64 * chunk_rows),
+                convert_options=pacsv.ConvertOptions(include_columns=cols, column_types={c: pa.string() for c in cols}),
+            )
+        for b in batches:
+            ids, uris = b.column("image_id").to_pylist(), b.column("uri").to_pylist()
+            if any(u is None for u in uris):
+                raise DataError(f"{uri}: empty uri in the manifest")
+            yield _table([i if i is not None else storage.stem(u) for i, u in zip(ids, uris)], uris)
+
+
+def iter_unit(unit: Unit, chunk_rows: int = 4096) -> Iterator[pa.Table]:
+    """List one unit, `chunk_rows` inputs per table."""
+    if unit.kind == "manifest":
+        yield from _iter_manifest(unit.target, chunk_rows)
+        return
+    if unit.kind == "file":
+        uris = [unit.target]
+    elif unit.kind == "archive":
+        uris = storage.list_files(unit.target)
+        if unit.prefix:
+            uris = [u for u in uris if storage.split_chained(u)[1].startswith(unit.prefix)]
+    else:
+        uris = storage.list_files(unit.target, recursive=unit.kind == "tree")
+    yield from _chunks(uris, chunk_rows)
+
+
+def list_all(uri: str) -> pa.Table:
+    """Every input of `uri` in one table (tests and small tools; the screening job streams `iter_unit`)."""
+    tables = [t for u in plan_units(uri) for t in iter_unit(u)]
+    return pa.concat_tables(tables) if tables else LISTING_SCHEMA.empty_table()
