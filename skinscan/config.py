@@ -223,6 +223,9 @@ class ScreenConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     explain: Literal["all", "flagged", "none"] = "flagged"
     explain_method: ExplainMethod = "fast"  # fast: forward-only CAM from engine outputs
+    # where the fast CAM runs: in the classifier (from the features it already holds) or in the explainer pool;
+    # methods that need the model again (Grad-CAM family, attention) always run in the explainer pool
+    explain_placement: Literal["classifier", "pool"] = "classifier"
     # classify the segmenter's lesion bounding box (padded) instead of the whole image. Off: on HAM10000 validation
     # a ResNet-18 trained on whole images fell from 0.605 to 0.552 balanced accuracy when given U-Net lesion crops
     crop_to_lesion: bool = False
@@ -232,6 +235,7 @@ class ScreenConfig(Section):
     decode: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=32))
     segment: StageConfig = Field(default_factory=StageConfig)
     classify: StageConfig = Field(default_factory=lambda: StageConfig(threads=2))
+    explainer: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=8, threads=2))
     gpu_decode: bool = False  # nvJPEG through torchvision.io when a GPU is present
     max_pixels: int = Field(100_000_000, ge=1)
     rows_per_part: int = Field(256, ge=1)  # rows per Parquet part file

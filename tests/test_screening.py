@@ -232,6 +232,49 @@ def test_killed_actor_is_restarted_and_no_row_lost(screen_bundles, synth_zip, ra
     assert summary["complete"] and summary["rows"] == 120 and summary["duplicates"] == 0
 
 
+def test_explainer_pool_gives_the_classifier_placement_maps(screen_bundles, synth_zip, ray_local, tmp_path):
+    """The fast CAM gives the same maps in either placement; Grad-CAM runs in the explainer pool, which receives the
+    images and the predicted classes (the classifier holds no copy of the model for it)."""
+    from skinscan.explain.encode import decode_map
+
+    model, _ = screen_bundles
+    inp = f"zip://images::{synth_zip}"
+    runs = {
+        name: read_results(str(tmp_path / name)).to_pandas().set_index("uri").sort_index()
+        for name, kw in {
+            "here": {},
+            "pool": {"explain_placement": "pool"},
+            "gradcam": {"explain_method": "gradcam", "explainer": {"batch_size": 4, "threads": 1}},
+        }.items()
+        if screen(_cfg(model, None, inp, tmp_path / name, thumbnails="none", **kw))
+    }
+    here, pool, grad = runs["here"], runs["pool"], runs["gradcam"]
+    assert list(here.index) == list(pool.index) == list(grad.index) and len(here) == 120
+    assert (here["predicted_class"] == grad["predicted_class"]).all()
+    assert (pool["heatmap_class"] == here["predicted_class"]).all()
+    diff = [np.abs(decode_map(a) - decode_map(b)).max() for a, b in zip(here["heatmap_png"], pool["heatmap_png"])]
+    assert max(diff) <= 2 / 255 + 1e-6  # ONNX Runtime features in one, PyTorch features in the other
+    assert set(grad["heatmap_method"]) == {"gradcam"} and (grad["heatmap_class"] == grad["predicted_class"]).all()
+    assert {decode_map(h).shape for h in grad["heatmap_png"]} == {(8, 8)} and (grad["t_explain_ms"] > 0).all()
+
+
+def test_classifier_holds_no_model_for_methods_that_need_it_again(screen_bundles):
+    from skinscan.screening.stages import ClassifyStage, ExplainStage, decode_batch
+
+    model, _ = screen_bundles
+    cls = ClassifyStage(str(model), backend="torch", explain="all", method="gradcam", threads=1)
+    assert cls.model is None and cls.defer
+    img = io.BytesIO()
+    Image.new("RGB", (64, 64), (150, 90, 70)).save(img, "JPEG")
+    path = Path(model).parent / "one.jpg"
+    path.write_bytes(img.getvalue())
+    batch = decode_batch({"uri": np.array([str(path)], object), "image_id": np.array(["one"], object)}, 64, 0, 10**7)
+    out = cls(batch)
+    assert out["explain_wanted"].tolist() == [True] and "work" in out and out["heatmap_png"][0] is None
+    done = ExplainStage(str(model), "gradcam", device="cpu")(out)
+    assert "work" not in done and "explain_wanted" not in done and done["heatmap_method"][0] == "gradcam"
+
+
 def test_bad_config_and_inputs_are_clean_errors(screen_bundles, tmp_path):
     from skinscan.errors import ConfigError, DataError
 

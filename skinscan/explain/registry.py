@@ -77,11 +77,11 @@ def explain(
         if features is None:
             with torch.no_grad():
                 logits, f = LogitsAndFeatures(model)(x)
-            features = f.float().numpy()
-            classes = logits.argmax(1).numpy() if classes is None else classes
+            features = f.float().cpu().numpy()
+            classes = logits.argmax(1).cpu().numpy() if classes is None else classes
         elif classes is None:
             raise ValueError("explain: give the classes with precomputed features")
-        w = head_weights(model)[0].numpy() if head_w is None else head_w
+        w = head_weights(model)[0].cpu().numpy() if head_w is None else head_w
         return cam_from_features(features, w, np.asarray(classes), out_size)
     if method.needs == "attention":
         if not is_swin(model):

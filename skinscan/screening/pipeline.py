@@ -150,6 +150,16 @@ def _count_task(output: str, refs: list) -> dict:
     return count_results(output, _input_keys(refs))
 
 
+def explain_in_pool(cfg: ScreenConfig) -> bool:
+    """Whether explanations run in their own actor pool: always for methods that need the model again (Grad-CAM
+    family, attention), for the fast CAM only when `explain_placement` says so."""
+    from skinscan.explain.registry import get_method
+
+    if cfg.explain == "none":
+        return False
+    return get_method(cfg.explain_method).needs != "features" or cfg.explain_placement == "pool"
+
+
 def build_dataset(cfg: ScreenConfig, inputs, done=None):
     """The Ray Data pipeline over `inputs` (a Dataset of image_id, uri, key), minus those in `done` (lazy; nothing
     runs until iterated); its output is one row of counts per Parquet part the write tasks wrote."""
@@ -157,7 +167,7 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
 
     from skinscan.data.storage import storage_env
     from skinscan.models.bundle import read_card
-    from skinscan.screening.stages import ClassifyStage, SegmentStage, decode_batch
+    from skinscan.screening.stages import ClassifyStage, ExplainStage, SegmentStage, decode_batch
 
     cls_size = read_card(cfg.model).input_size
     seg_size = read_card(cfg.segmenter).input_size if cfg.segmenter else 0
@@ -217,8 +227,25 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
             "flag_classes": cfg.flag.classes,
             "threshold": cfg.flag.threshold,
             "thumbnails": cfg.thumbnails,
+            "explain_here": cfg.explain_placement == "classifier",
         },
     )
+    if explain_in_pool(cfg):
+        ds = ds.map_batches(
+            ExplainStage,
+            batch_size=cfg.explainer.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=cfg.explainer.pool[0], max_size=cfg.explainer.pool[1]),
+            num_cpus=cfg.explainer.num_cpus,
+            num_gpus=cfg.explainer.num_gpus or None,
+            **remote,
+            fn_constructor_kwargs={
+                "bundle": cfg.model,
+                "method": cfg.explain_method,
+                "device": cfg.device,
+                "threads": cfg.explainer.threads,
+            },
+        )
     return ds.map_batches(
         write_batch,
         batch_size=cfg.rows_per_part,

@@ -225,6 +225,7 @@ class ClassifyStage:
         flag_classes=("MEL", "BCC", "SCC", "AK"),
         threshold: float = 0.5,
         thumbnails: str = "flagged",
+        explain_here: bool = True,
     ):
         import torch
 
@@ -236,15 +237,18 @@ class ClassifyStage:
 
         torch.set_num_threads(threads)
         self.explain, self.method, self.thumbnails = explain, method, thumbnails
-        from_features = explain != "none" and get_method(method).needs == "features"
-        self.predictor = create_predictor(bundle, backend, with_features=from_features, device=device, threads=threads)
+        # here: only the forward-only fast CAM, from the features this actor's backend computes anyway; anything
+        # else goes on to the explainer pool with the images (`ExplainStage`), so no model copy lives here
+        self.here = explain != "none" and explain_here and get_method(method).needs == "features"
+        self.defer = explain != "none" and not self.here
+        self.predictor = create_predictor(bundle, backend, with_features=self.here, device=device, threads=threads)
         self.card = self.predictor.card
         self.classes = self.card.class_names
         self.size = self.card.input_size
         self.model, self.head_w = None, None
-        if explain != "none":
-            self.model, _ = load_bundle(bundle)  # head weights (fast path) or the torch model (attention, Grad-CAM)
-            self.head_w = head_weights(self.model)[0].numpy() if from_features else None
+        if self.here:
+            self.model, _ = load_bundle(bundle)
+            self.head_w = head_weights(self.model)[0].numpy()
         self.flag_idx = [self.classes.index(c) for c in flag_classes if c in self.classes]
         self.threshold = threshold
         self.rule = f"any({','.join(flag_classes)}) >= {threshold}"
@@ -273,6 +277,7 @@ class ClassifyStage:
         hh, hw = np.zeros(n, np.int32), np.zeros(n, np.int32)
         thumbs = [None] * n
         t_explain = 0.0
+        wanted = np.zeros(n, bool)
         if len(ok):
             x = normalize_batch(_resize_batch(batch["work"][ok], self.size), self.card.normalization)
             out = self.predictor.predict(x)
@@ -289,7 +294,9 @@ class ClassifyStage:
                 pred_cls[i], conf[i] = self.classes[top[j]], probs[j, top[j]]
             te = time.perf_counter()
             want = np.ones(len(ok), bool) if self.explain == "all" else is_flag if self.explain == "flagged" else None
-            if want is not None and want.any():
+            if want is not None:
+                wanted[ok] = want
+            if self.here and want is not None and want.any():
                 sel = np.flatnonzero(want)
                 maps = self._explain(x[sel], None if out.features is None else out.features[sel], top[sel])
                 for j, m in zip(sel, maps):
@@ -304,7 +311,9 @@ class ClassifyStage:
                         Image.fromarray(batch["thumb"][i]).save(buf, "JPEG", quality=85)
                         thumbs[i] = buf.getvalue()
         t_cls = (time.perf_counter() - t0) * 1000 / max(1, n) - t_explain
-        out_batch = {k: v for k, v in batch.items() if k not in ("work", "thumb")}
+        out_batch = {k: v for k, v in batch.items() if k not in (("thumb",) if self.defer else ("work", "thumb"))}
+        if self.defer:
+            out_batch["explain_wanted"] = wanted
         out_batch.update(
             {
                 "schema_version": np.full(n, SCHEMA_VERSION, np.int32),
@@ -330,3 +339,53 @@ class ClassifyStage:
             }
         )
         return out_batch
+
+
+class ExplainStage:
+    """Explanations that need the model again (Grad-CAM family, attention maps; the fast CAM when placed here): an
+    actor pool of its own, sized and placed apart from the classifier, with the PyTorch model on this pool's device.
+    It receives the images and the predicted classes, fills the heatmap columns of the rows the classifier marked
+    (`explain_wanted`) and drops the images."""
+
+    def __init__(self, bundle: str, method: str, device: str = "auto", threads: int = 1):
+        import torch
+
+        from skinscan.models.bundle import load_bundle
+
+        torch.set_num_threads(threads)
+        use_cuda = device != "cpu" and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.model, self.card = load_bundle(bundle, device=self.device)
+        self.method, self.classes, self.size = method, self.card.class_names, self.card.input_size
+        self.layer = "features (last stage)"
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from skinscan.explain.registry import explain, storage_form
+
+        t0 = time.perf_counter()
+        n = len(batch["uri"])
+        sel = np.flatnonzero(np.asarray(batch["explain_wanted"], bool) & (batch["status"] == "ok"))
+        heat, hm_cls = [None] * n, [None] * n
+        hh, hw = np.zeros(n, np.int32), np.zeros(n, np.int32)
+        if len(sel):
+            x = normalize_batch(_resize_batch(batch["work"][sel], self.size), self.card.normalization)
+            cls = np.array([self.classes.index(c) for c in batch["predicted_class"][sel]])
+            maps = storage_form(self.method, explain(self.method, self.model, torch.from_numpy(x).to(self.device), cls))
+            for m, i, c in zip(maps, sel, cls):
+                heat[i], hm_cls[i] = encode_map(m), self.classes[c]
+                hh[i], hw[i] = m.shape
+        out = {k: v for k, v in batch.items() if k not in ("work", "explain_wanted")}
+        out.update(
+            {
+                "heatmap_png": _obj(heat),
+                "heatmap_method": _obj([self.method if h is not None else None for h in heat]),
+                "heatmap_layer": _obj([self.layer if h is not None else None for h in heat]),
+                "heatmap_class": _obj(hm_cls),
+                "heatmap_h": hh,
+                "heatmap_w": hw,
+                "t_explain_ms": np.full(n, (time.perf_counter() - t0) * 1000 / max(1, n), np.float32),
+            }
+        )
+        return out
