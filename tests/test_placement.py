@@ -69,7 +69,13 @@ def pack(demands: list[dict], types: list[dict]) -> list[str]:
 
 
 def screen_demands(cfg: ScreenConfig, n_nodes: int) -> list[dict]:
-    stages = {"classify": cfg.classify, **({"segment": cfg.segment} if cfg.segmenter or cfg.segment.num_gpus else {})}
+    from skinscan.screening.pipeline import explain_in_pool
+
+    stages = {
+        "classify": cfg.classify,
+        **({"segment": cfg.segment} if cfg.segmenter or cfg.segment.num_gpus else {}),
+        **({"explainer": cfg.explainer} if explain_in_pool(cfg) else {}),
+    }
     out = [
         {"what": f"{name} actor {i + 1}", "CPU": s.num_cpus, "GPU": s.num_gpus}
         for name, s in stages.items()

@@ -108,11 +108,11 @@ def _gallery_item(row: dict) -> str:
 
 
 def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path:
-    from skinscan.screening.pipeline import summarize
+    from skinscan.screening.pipeline import count_results
 
     light = [f.name for f in SCHEMA if f.name not in HEAVY_COLUMNS]
     t = read_results(output, light).to_pandas()  # every row, no images
-    s = summarize(output, n_inputs=None)
+    s = count_results(output)
     path = Path(path) if path else Path(output) / "report.html"
     ok = t[t["status"] == "ok"]
     flagged = ok[ok["flagged"]].copy()
