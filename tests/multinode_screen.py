@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 
 def remove_a_classifier_node(cluster, workers: list, output: str, removed: list, timeout: float = 300) -> None:
@@ -37,6 +38,14 @@ def remove_a_classifier_node(cluster, workers: list, output: str, removed: list,
 
 
 def main(cfg_path: str, result_path: str) -> None:
+    import os
+    import tempfile
+
+    # a loopback cluster: Ray would otherwise give every node this machine's outward IP (see docs/cluster.md)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    token = Path(tempfile.mkdtemp()) / "token"
+    token.write_text(os.urandom(32).hex())
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
     import ray
     from ray.cluster_utils import Cluster
 
@@ -44,8 +53,8 @@ def main(cfg_path: str, result_path: str) -> None:
     from skinscan.screening.pipeline import screen
 
     cfg = validate(ScreenConfig, json.loads(open(cfg_path).read()))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
-    workers = [cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(3)]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(3)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     removed: list = []

@@ -179,8 +179,8 @@ def nodes_run(work: Path, k: int, n: int) -> dict:
     output = work / f"out_nodes_{k}"
     shutil.rmtree(output, ignore_errors=True)
     cfg = _config(work, source, output, classify_actors=k)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
-    nodes = [cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(k)]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(k)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
     before = _node_cpu(cluster, nodes)
@@ -200,9 +200,27 @@ def nodes_run(work: Path, k: int, n: int) -> dict:
     }
 
 
+def loopback_env(work: Path) -> dict[str, str]:
+    """Environment for a Ray cluster on loopback: every node on 127.0.0.1 (Ray would give each this machine's
+    outward IP) and token authentication with a token of its own."""
+    import os
+
+    token = work / "loopback_token"
+    if not token.exists():
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text(os.urandom(32).hex())
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    return {**env, "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
 def _in_fresh_process(*args: str) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "skinscan.bench.scale", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "skinscan.bench.scale", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=loopback_env(Path(args[1])) if args[0] == "nodes" else None,
     )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
