@@ -72,3 +72,15 @@ def test_readers_take_only_the_rows_and_columns_they_need(tmp_path):
     assert some.set_index("uri")["node_id"].to_dict() == {"n3": "node-a", "o2": None}
     assert read_results(out, ["uri"]).num_rows == 5
     assert read_results(out, ["uri", "thumbnail_jpeg"], uris=[]).num_rows == 0  # nothing flagged: nothing read
+
+
+def test_counts_are_matched_by_uri_missing_and_stale_named(tmp_path):
+    from skinscan.screening.pipeline import count_results
+
+    out = str(tmp_path / "o")
+    write_batch(_batch(["a", "b", "c"]), out)
+    exact = count_results(out, uri_keys(["a", "b", "c"]))
+    assert exact["complete"] and exact["missing"] == 0 and exact["stale"] == 0 and exact["inputs"] == 3
+    moved = count_results(out, uri_keys(["a", "b", "d", "d"]))  # c renamed to d since; d listed twice
+    assert moved["inputs"] == 3 and moved["missing"] == 1 and not moved["complete"]
+    assert moved["stale"] == 1 and moved["stale_examples"] == ["c"] and moved["rows"] == 3

@@ -1,4 +1,4 @@
-"""`skinscan bench train|runtimes|explain|screen` (benchmarks, not tests)."""
+"""`skinscan bench train|runtimes|explain|screen|scale|stages` (benchmarks, not tests)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="benchmarks: training, runtimes, explanations, screening, driver load at scale (prints tables)"
     )
-    p.add_argument("what", choices=["train", "runtimes", "explain", "screen", "scale"])
+    p.add_argument("what", choices=["train", "runtimes", "explain", "screen", "scale", "stages"])
     p.add_argument("--workdir", default="runs/bench")
     p.add_argument("-o", "--out", help="write the figures as JSON here")
+    p.add_argument("--images", help="screen, stages: a folder of real JPEGs to use (repeated to --n for screen)")
+    p.add_argument("--n", type=int, help="screen: number of inputs")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
     import importlib
+    import inspect
 
-    importlib.import_module(f"skinscan.bench.{a.what}").run(workdir=a.workdir, out=a.out)
+    run = importlib.import_module(f"skinscan.bench.{a.what}").run
+    extra = {k: v for k, v in {"images": a.images, "n": a.n}.items() if v is not None}
+    unknown = sorted(set(extra) - set(inspect.signature(run).parameters))
+    if unknown:
+        raise SystemExit(f"skinscan: error: bench {a.what} takes no --{unknown[0]}")
+    run(workdir=a.workdir, out=a.out, **extra)
     return 0

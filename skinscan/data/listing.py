@@ -53,7 +53,7 @@ def _subfolders_and_files(uri: str) -> tuple[list[str], bool]:
         with os.scandir(uri) as it:
             for e in it:
                 if e.is_dir():
-                    if not e.name.startswith(".") and e.name != "__MACOSX":
+                    if e.name != "__MACOSX":  # as `storage.list_files`: hidden files skipped, not folders
                         dirs.append(e.path)
                 else:
                     has_files = True
@@ -64,7 +64,7 @@ def _subfolders_and_files(uri: str) -> tuple[list[str], bool]:
     for info in fs.ls(path, detail=True):
         name = info["name"].rstrip("/")
         if info["type"] == "directory":
-            if not posixpath.basename(name).startswith("."):
+            if posixpath.basename(name) != "__MACOSX":
                 dirs.append(f"{protocol}://{name.lstrip('/')}")
         else:
             has_files = True
@@ -141,11 +141,13 @@ def _iter_manifest(uri: str, chunk_rows: int) -> Iterator[pa.Table]:
                 read_options=pacsv.ReadOptions(block_size=64 * chunk_rows),
                 convert_options=pacsv.ConvertOptions(include_columns=cols, column_types={c: pa.string() for c in cols}),
             )
-        for b in batches:
-            ids, uris = b.column("image_id").to_pylist(), b.column("uri").to_pylist()
-            if any(u is None for u in uris):
-                raise DataError(f"{uri}: empty uri in the manifest")
-            yield _table([i if i is not None else storage.stem(u) for i, u in zip(ids, uris)], uris)
+        for batch in batches:
+            for k in range(0, batch.num_rows, chunk_rows):
+                b = batch.slice(k, chunk_rows)
+                ids, uris = b.column("image_id").to_pylist(), b.column("uri").to_pylist()
+                if any(u is None for u in uris):
+                    raise DataError(f"{uri}: empty uri in the manifest")
+                yield _table([i if i is not None else storage.stem(u) for i, u in zip(ids, uris)], uris)
 
 
 def iter_unit(unit: Unit, chunk_rows: int = 4096) -> Iterator[pa.Table]:

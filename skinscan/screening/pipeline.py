@@ -256,6 +256,24 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
     )
 
 
+def _warn_if_tasks_starve(cfg: ScreenConfig) -> None:
+    """Actor pools hold their CPUs for the whole run: if their minimum sizes take every CPU the cluster has now,
+    decode and write tasks never get one and the run stalls (an autoscaling cluster may still add nodes)."""
+    import ray
+
+    pools = [cfg.classify, *([cfg.segment] if cfg.segmenter else [])]
+    pools += [cfg.explainer] if explain_in_pool(cfg) else []
+    held = sum(p.num_cpus * p.pool[0] for p in pools)
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if total and held + cfg.decode.num_cpus + WRITE_CPUS > total + 1e-9:
+        print(
+            f"[screen] warning: the actor pools hold {held:g} of the cluster's {total:g} CPUs, leaving less than "
+            f"decode ({cfg.decode.num_cpus:g}) and write ({WRITE_CPUS:g}) tasks need: the run may stall until "
+            "more nodes join (lower classify/segment/explainer num_cpus or actors)",
+            flush=True,
+        )
+
+
 def _task(fn, env: dict, **options):
     import ray
 
@@ -284,6 +302,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
     if not ray.is_initialized():
         ray.init(address=ray_address, configure_logging=False, log_to_driver=False)
+    _warn_if_tasks_starve(cfg)
     env = storage_env()
     t_list = time.time()
     ctx = ray.data.DataContext.get_current()

@@ -1,0 +1,63 @@
+"""Listing inputs in pieces: the driver plans units from the top of the input only; each unit lists to the same
+inputs `read_unlabeled` / a manifest give, in chunks, with stable resume keys."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pandas as pd
+import pytest
+
+from skinscan.data.listing import iter_unit, list_all, plan_units, uri_keys
+from skinscan.data.manifest import read_unlabeled
+from skinscan.errors import DataError
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    root = tmp_path / "tree"
+    for name in ["a.jpg", "sub1/b.jpg", "sub1/deep/c.jpg", "sub2/a.jpg", ".hidden/x.jpg", "notes.csv"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    return root
+
+
+def test_folder_units_cover_what_read_unlabeled_lists(tree):
+    units = plan_units(str(tree))
+    assert [u.kind for u in units] == ["files", "tree", "tree", "tree"]  # own files, then one unit per subfolder
+    listed = list_all(str(tree)).to_pandas()
+    expected = read_unlabeled(str(tree), hash_bytes=False)
+    assert sorted(listed["uri"]) == sorted(expected["uri"]) and len(listed) == 5
+    assert (listed["key"].to_numpy() == uri_keys(listed["uri"].tolist())).all()
+
+
+def test_archive_folder_and_chunks(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(10):
+            zf.writestr(f"images/img_{i}.jpg", b"x")
+        zf.writestr("other/skip.jpg", b"x")
+    (unit,) = plan_units(f"zip://images::{archive}")
+    chunks = list(iter_unit(unit, chunk_rows=4))
+    assert [c.num_rows for c in chunks] == [4, 4, 2]
+    uris = [u for c in chunks for u in c.column("uri").to_pylist()]
+    assert all(u.startswith("zip://images/") and u.endswith(f"::{archive}") for u in uris) and len(set(uris)) == 10
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest_is_streamed_with_only_ids_and_uris(tmp_path, suffix):
+    df = pd.DataFrame({"image_id": [f"i{k}" for k in range(7)], "uri": [f"/data/{k}.jpg" for k in range(7)]})
+    df["label"] = "NV"
+    path = tmp_path / f"m.{suffix}"
+    df.to_csv(path, index=False) if suffix == "csv" else df.to_parquet(path)
+    (unit,) = plan_units(str(path))
+    chunks = list(iter_unit(unit, chunk_rows=3))
+    assert [c.num_rows for c in chunks] == [3, 3, 1] and chunks[0].column_names == ["image_id", "uri", "key"]
+    got = pd.concat([c.to_pandas() for c in chunks])
+    assert got["uri"].tolist() == df["uri"].tolist() and got["image_id"].tolist() == df["image_id"].tolist()
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path):
+    for uri in [tmp_path / "nope", tmp_path / "nope.zip", tmp_path / "nope.csv", f"zip://x::{tmp_path / 'n.zip'}"]:
+        with pytest.raises(DataError, match="not found"):
+            plan_units(str(uri))
