@@ -203,3 +203,17 @@ def use_s3(monkeypatch, endpoint: str) -> None:
 
     storage.archive_fs.cache_clear()
     s3fs.S3FileSystem.clear_instance_cache()  # instances keep the environment they were made in
+
+
+def uninterrupted_probs(model: Path, uris: list[str], classes=("MEL", "NV", "BCC", "BKL")) -> dict:
+    """{uri: class probabilities} of an uninterrupted run: the screening stages called in this process, no Ray."""
+    import numpy as np
+
+    from skinscan.models.bundle import read_card
+    from skinscan.screening.stages import ClassifyStage, decode_batch
+
+    stage = ClassifyStage(str(model), backend="onnxruntime", explain="none", threads=1, thumbnails="none")
+    size = read_card(model).input_size
+    batch = decode_batch({"uri": np.array(uris, object), "image_id": np.array(uris, object)}, size, 0, 10**8)
+    out = stage(batch)
+    return {u: np.array([out[f"prob_{c}"][i] for c in classes]) for i, u in enumerate(uris)}

@@ -17,24 +17,22 @@ from pathlib import Path
 
 
 def remove_a_classifier_node(cluster, workers: list, output: str, removed: list, timeout: float = 300) -> None:
+    """Once the first part is written, remove the worker node of a live classifier actor (retrying until one is
+    seen), recording how many parts existed then."""
     from ray.util.state import list_actors
 
     from skinscan.screening.writer import list_parts
 
-    deadline = time.time() + timeout
-    while time.time() < deadline and len(list_parts(output)) < 2:
-        time.sleep(0.2)
-    actors = [
-        a
-        for a in list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")])
-        if "ClassifyStage" in a.class_name
-    ]
     by_id = {w.node_id: w for w in workers}
-    for a in actors:
-        if a.node_id in by_id:
-            cluster.remove_node(by_id[a.node_id])
-            removed.append({"node_id": a.node_id, "parts_before": len(list_parts(output)), "t": time.time()})
-            return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list_parts(output):
+            for a in list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")]):
+                if "ClassifyStage" in a.class_name and a.node_id in by_id:
+                    cluster.remove_node(by_id[a.node_id])
+                    removed.append({"node_id": a.node_id, "parts_before": len(list_parts(output)), "t": time.time()})
+                    return
+        time.sleep(0.05)
 
 
 def main(cfg_path: str, result_path: str) -> None:

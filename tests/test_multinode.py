@@ -16,20 +16,11 @@ from PIL import Image
 
 from skinscan.data.synth import render
 from skinscan.screening.writer import read_results
-from tests.conftest import make_bundle, s3_node_environment, use_s3
+from tests.conftest import make_bundle, s3_node_environment, uninterrupted_probs, use_s3
 
 pytestmark = pytest.mark.slow
+N = 192  # inputs: 48 parts of 4 rows, so the node goes while most are still to come
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _uninterrupted_rows(model: Path, uris: list[str]) -> dict[str, np.ndarray]:
-    """The rows an uninterrupted run gives: the same stages called in this process, no Ray."""
-    from skinscan.screening.stages import ClassifyStage, decode_batch
-
-    stage = ClassifyStage(str(model), backend="onnxruntime", explain="none", threads=1, thumbnails="none")
-    batch = decode_batch({"uri": np.array(uris, object), "image_id": np.array(uris, object)}, 64, 0, 10**7)
-    out = stage(batch)
-    return {u: np.array([out[f"prob_{c}"][i] for c in ("MEL", "NV", "BCC", "BKL")]) for i, u in enumerate(uris)}
 
 
 def test_node_removed_mid_run_every_input_exactly_once(s3_server, tmp_path, monkeypatch):
@@ -41,7 +32,7 @@ def test_node_removed_mid_run_every_input_exactly_once(s3_server, tmp_path, monk
     model = make_bundle(tmp_path / "cls")
     ensure_onnx(str(model))
     publish_bundle(model, "s3://skinscan-test/multinode/model")
-    for i in range(96):  # two prefixes: two listing tasks
+    for i in range(N):  # two prefixes: two listing tasks
         buf = io.BytesIO()
         Image.fromarray(render(["MEL", "NV", "BCC", "BKL"][i % 4], 64, np.random.default_rng(i))[0]).save(buf, "JPEG")
         fs.pipe(f"skinscan-test/multinode/in/{'ab'[i % 2]}/img_{i:03d}.jpg", buf.getvalue())
@@ -69,13 +60,13 @@ def test_node_removed_mid_run_every_input_exactly_once(s3_server, tmp_path, monk
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "r").read_text())
-    assert result["removed"] and result["removed"][0]["parts_before"] < 96 // 4, f"not removed mid-run: {result}"
+    assert result["removed"] and result["removed"][0]["parts_before"] < N // 4, f"not removed mid-run: {result}"
     assert result["runs"][-1].get("complete"), result
     rows = read_results(cfg["output"], ["uri", "node_id", *(f"prob_{c}" for c in ("MEL", "NV", "BCC", "BKL"))])
     t = rows.to_pandas()
     listed = sorted(f"s3://{p}" for p in fs.find("skinscan-test/multinode/in"))
     assert sorted(t["uri"]) == listed  # every input exactly once: none missing, none twice
     assert t["node_id"].nunique() >= 2, f"rows came from {t['node_id'].nunique()} node(s)"
-    expected = _uninterrupted_rows(model, listed)
+    expected = uninterrupted_probs(model, listed)
     got = {r.uri: np.array([r.prob_MEL, r.prob_NV, r.prob_BCC, r.prob_BKL]) for r in t.itertuples()}
     assert all(np.allclose(got[u], expected[u], atol=1e-5) for u in listed)

@@ -19,6 +19,7 @@ from PIL import Image
 from skinscan.config import ScreenConfig, validate
 from skinscan.screening.pipeline import screen, steady_rate
 from skinscan.screening.writer import read_results
+from tests.conftest import uninterrupted_probs
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +231,10 @@ def test_killed_actor_is_restarted_and_no_row_lost(screen_bundles, synth_zip, ra
     th.join(5)
     assert killed, "no classifier actor was found to kill"
     assert summary["complete"] and summary["rows"] == 120 and summary["duplicates"] == 0
+    t = read_results(str(tmp_path / "o"), ["uri", "status", "prob_MEL", "prob_NV", "prob_BCC", "prob_BKL"]).to_pandas()
+    expected = uninterrupted_probs(model, t["uri"].tolist())  # identical rows to an uninterrupted run
+    got = t[["prob_MEL", "prob_NV", "prob_BCC", "prob_BKL"]].to_numpy()
+    assert t["uri"].is_unique and all(np.allclose(g, expected[u], atol=1e-5) for g, u in zip(got, t["uri"]))
 
 
 def test_explainer_pool_gives_the_classifier_placement_maps(screen_bundles, synth_zip, ray_local, tmp_path):
