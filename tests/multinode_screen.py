@@ -17,21 +17,23 @@ from pathlib import Path
 
 
 def remove_a_classifier_node(cluster, workers: list, output: str, removed: list, timeout: float = 300) -> None:
-    """Once the first part is written, remove the worker node of a live classifier actor (retrying until one is
-    seen), recording how many parts existed then."""
-    from ray.util.state import list_actors
-
-    from skinscan.screening.writer import list_parts
+    """Once the first part is written, remove the worker node whose classifier actor made its rows (read from the
+    rows' `node_id`: no dashboard needed), recording how many parts existed then; errors are recorded, not lost."""
+    from skinscan.screening.writer import list_parts, read_results
 
     by_id = {w.node_id: w for w in workers}
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if list_parts(output):
-            for a in list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")]):
-                if "ClassifyStage" in a.class_name and a.node_id in by_id:
-                    cluster.remove_node(by_id[a.node_id])
-                    removed.append({"node_id": a.node_id, "parts_before": len(list_parts(output)), "t": time.time()})
-                    return
+        try:
+            if list_parts(output):
+                for node_id in read_results(output, ["node_id"]).column("node_id").to_pylist():
+                    if node_id in by_id:
+                        cluster.remove_node(by_id[node_id])
+                        removed.append({"node_id": node_id, "parts_before": len(list_parts(output))})
+                        return
+        except Exception as err:  # noqa: BLE001 - reported in the result file
+            removed.append({"error": f"{type(err).__name__}: {err}"})
+            return
         time.sleep(0.05)
 
 

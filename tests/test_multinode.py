@@ -60,7 +60,7 @@ def test_node_removed_mid_run_every_input_exactly_once(s3_server, tmp_path, monk
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "r").read_text())
-    assert result["removed"] and result["removed"][0]["parts_before"] < N // 4, f"not removed mid-run: {result}"
+    assert result["removed"] and result["removed"][0].get("parts_before", N) < N // 4, f"not removed mid-run: {result}"
     assert result["runs"][-1].get("complete"), result
     rows = read_results(cfg["output"], ["uri", "node_id", *(f"prob_{c}" for c in ("MEL", "NV", "BCC", "BKL"))])
     t = rows.to_pandas()
