@@ -75,9 +75,10 @@ def run(workdir: str = "runs/bench", out: str | None = None, images: str | None 
 def _unet_bundle(directory: Path) -> Path:
     import torch
 
+    from conversion.onnx_export import ensure_onnx
     from skinscan.config import ModelConfig
     from skinscan.models import create_model
-    from skinscan.models.bundle import read_card, save_bundle
+    from skinscan.models.bundle import save_bundle
 
     if (directory / "model_card.json").exists():
         return directory
@@ -86,8 +87,5 @@ def _unet_bundle(directory: Path) -> Path:
     model = create_model(ModelConfig(name="unet", img_size=96, kwargs=kwargs), num_classes=1)
     card = {"task": "segment", "architecture": {"name": "unet", "kwargs": kwargs}, "input_size": 96, "class_names": []}
     save_bundle(directory, model.eval(), card)
-    read_card(directory)
-    from conversion.onnx_export import ensure_onnx
-
     ensure_onnx(directory)
     return directory

@@ -103,8 +103,8 @@ def _table(ids: list[str], uris: list[str]) -> pa.Table:
     )
 
 
-def _chunks(uris: list[str], chunk_rows: int) -> Iterator[pa.Table]:
-    ids = unique_ids(uris)
+def _chunks(uris: list[str], chunk_rows: int, ids: list[str] | None = None) -> Iterator[pa.Table]:
+    ids = unique_ids(uris) if ids is None else ids
     for i in range(0, len(uris), chunk_rows):
         yield _table(ids[i : i + chunk_rows], uris[i : i + chunk_rows])
 
@@ -127,9 +127,7 @@ def _iter_manifest(uri: str, chunk_rows: int) -> Iterator[pa.Table]:
         from skinscan.config import DataConfig
 
         df = build_manifest(DataConfig(source=uri, hash=False))
-        ids, uris = df["image_id"].astype(str).tolist(), df["uri"].astype(str).tolist()
-        for i in range(0, len(uris), chunk_rows):
-            yield _table(ids[i : i + chunk_rows], uris[i : i + chunk_rows])
+        yield from _chunks(df["uri"].astype(str).tolist(), chunk_rows, df["image_id"].astype(str).tolist())
         return
     cols = ["image_id", "uri"]
     with fsspec.open(uri, "rb") as f:

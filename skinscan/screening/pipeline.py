@@ -191,16 +191,26 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
         },
         num_gpus=cfg.decode.num_gpus or None,
     )
-    if cfg.segmenter:
-        ds = ds.map_batches(
-            SegmentStage,
-            batch_size=cfg.segment.batch_size,
+
+    def actor_stage(ds, stage_cls, stage, **kwargs):
+        """One model stage as an autoscaling actor pool with the stage config's resources."""
+        return ds.map_batches(
+            stage_cls,
+            batch_size=stage.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.segment.pool[0], max_size=cfg.segment.pool[1]),
-            num_cpus=cfg.segment.num_cpus,
-            num_gpus=cfg.segment.num_gpus or None,
-            zero_copy_batch=not cfg.crop_to_lesion,
+            compute=ray.data.ActorPoolStrategy(min_size=stage.pool[0], max_size=stage.pool[1]),
+            num_cpus=stage.num_cpus,
+            num_gpus=stage.num_gpus or None,
             **remote,
+            **kwargs,
+        )
+
+    if cfg.segmenter:
+        ds = actor_stage(
+            ds,
+            SegmentStage,
+            cfg.segment,
+            zero_copy_batch=not cfg.crop_to_lesion,
             fn_constructor_kwargs={
                 "bundle": cfg.segmenter,
                 "backend": cfg.backend,
@@ -209,14 +219,10 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
                 "crop_to_lesion": cfg.crop_to_lesion,
             },
         )
-    ds = ds.map_batches(
+    ds = actor_stage(
+        ds,
         ClassifyStage,
-        batch_size=cfg.classify.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.classify.pool[0], max_size=cfg.classify.pool[1]),
-        num_cpus=cfg.classify.num_cpus,
-        num_gpus=cfg.classify.num_gpus or None,
-        **remote,
+        cfg.classify,
         fn_constructor_kwargs={
             "bundle": cfg.model,
             "backend": cfg.backend,
@@ -231,14 +237,10 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
         },
     )
     if explain_in_pool(cfg):
-        ds = ds.map_batches(
+        ds = actor_stage(
+            ds,
             ExplainStage,
-            batch_size=cfg.explainer.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.explainer.pool[0], max_size=cfg.explainer.pool[1]),
-            num_cpus=cfg.explainer.num_cpus,
-            num_gpus=cfg.explainer.num_gpus or None,
-            **remote,
+            cfg.explainer,
             fn_constructor_kwargs={
                 "bundle": cfg.model,
                 "method": cfg.explain_method,

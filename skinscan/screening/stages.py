@@ -211,6 +211,21 @@ class SegmentStage:
         return batch
 
 
+HEATMAP_LAYER = "features (last stage)"
+
+
+def heatmap_columns(method: str, heat: list, classes: list, h: np.ndarray, w: np.ndarray) -> dict:
+    """The heatmap columns of a batch (method and layer only where a map was made), whichever stage made them."""
+    return {
+        "heatmap_png": _obj(heat),
+        "heatmap_method": _obj([method if m is not None else None for m in heat]),
+        "heatmap_layer": _obj([HEATMAP_LAYER if m is not None else None for m in heat]),
+        "heatmap_class": _obj(classes),
+        "heatmap_h": h,
+        "heatmap_w": w,
+    }
+
+
 class ClassifyStage:
     """Classifier (any runtime backend) + flag rule + explanations + thumbnails; emits final rows."""
 
@@ -255,7 +270,6 @@ class ClassifyStage:
         self.backend = backend
         self.id = self.card.model_id
         self.version = f"{self.card.created or '?'} skinscan {__version__}"
-        self.layer = "features (last stage)"
         self.node_id, self.actor_id = _placement()
 
     def _explain(self, x: np.ndarray, feats: np.ndarray | None, cls: np.ndarray) -> list[np.ndarray]:
@@ -322,12 +336,7 @@ class ClassifyStage:
                 **{col: probs_all[:, k] for k, col in enumerate(PROB_COLUMNS)},
                 "flagged": flagged,
                 "flag_rule": _obj([self.rule] * n),
-                "heatmap_png": _obj(heat),
-                "heatmap_method": _obj([self.method if h is not None else None for h in heat]),
-                "heatmap_layer": _obj([self.layer if h is not None else None for h in heat]),
-                "heatmap_class": _obj(hm_cls),
-                "heatmap_h": hh,
-                "heatmap_w": hw,
+                **heatmap_columns(self.method, heat, hm_cls, hh, hw),
                 "thumbnail_jpeg": _obj(thumbs),
                 "model_id": _obj([self.id] * n),
                 "model_version": _obj([self.version] * n),
@@ -357,7 +366,6 @@ class ExplainStage:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.model, self.card = load_bundle(bundle, device=self.device)
         self.method, self.classes, self.size = method, self.card.class_names, self.card.input_size
-        self.layer = "features (last stage)"
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -379,12 +387,7 @@ class ExplainStage:
         out = {k: v for k, v in batch.items() if k not in ("work", "explain_wanted")}
         out.update(
             {
-                "heatmap_png": _obj(heat),
-                "heatmap_method": _obj([self.method if h is not None else None for h in heat]),
-                "heatmap_layer": _obj([self.layer if h is not None else None for h in heat]),
-                "heatmap_class": _obj(hm_cls),
-                "heatmap_h": hh,
-                "heatmap_w": hw,
+                **heatmap_columns(self.method, heat, hm_cls, hh, hw),
                 "t_explain_ms": np.full(n, (time.perf_counter() - t0) * 1000 / max(1, n), np.float32),
             }
         )
