@@ -69,6 +69,24 @@ class AugmentConfig(Section):
         return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
+class FlagTargets(Section):
+    """Operating points chosen on validation after training (and by `skinscan calibrate`): for each name (a class,
+    or `malignant` = MEL+BCC+SCC+AK summed) the most specific threshold reaching this validation sensitivity."""
+
+    target_sensitivity: dict[str, float] = Field(default_factory=lambda: {"MEL": 0.90, "malignant": 0.90})
+
+    @field_validator("target_sensitivity")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        allowed = ["malignant", *ISIC2019_CLASSES]
+        bad = [k for k in v if k not in allowed]
+        if bad:
+            raise ValueError(f"unknown operating points {bad}; allowed: {allowed}")
+        if any(not 0 < t <= 1 for t in v.values()):
+            raise ValueError("target sensitivities must lie in (0, 1]")
+        return v
+
+
 class TrainConfig(Section):
     task: Literal["classify", "segment"] = "classify"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -106,6 +124,9 @@ class TrainConfig(Section):
     # DataLoader processes per training worker (decode + augmentation beside the model); default: all CPUs of
     # the worker but one on GPU workers, none on CPU workers (their CPUs run the model)
     loader_workers: int | None = Field(None, ge=0)
+    # classify: after training, fit temperature scaling and choose the operating points on the validation split
+    calibrate: bool = True
+    flag: FlagTargets = Field(default_factory=FlagTargets)
 
     @property
     def loader_processes(self) -> int:
@@ -178,6 +199,19 @@ class EvaluateConfig(Section):
     output: str | None = None  # default: <model>/evaluation[-<split>]
     allow_overlap: bool = False
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
+    bootstrap: int = Field(1000, ge=0)  # lesion-bootstrap draws for the 95% intervals (0: none)
+
+
+class CalibrateConfig(Section):
+    """`skinscan calibrate`: fit temperature scaling and choose operating points for a classifier bundle on a
+    validation set (default: the validation split of its own training manifest)."""
+
+    model: str
+    data: str | None = None  # default: <model>/train_manifest.parquet
+    split: str | None = "val"
+    backend: Literal["onnxruntime", "torch", "tensorrt"] = "torch"
+    flag: FlagTargets = Field(default_factory=FlagTargets)
+    bootstrap: int = Field(1000, ge=0)
 
 
 # ---------------------------------------------------------------- screening
@@ -208,10 +242,12 @@ class StageConfig(Section):
 
 
 class FlagConfig(Section):
-    """Flag an image when any of `classes` has probability >= `threshold`."""
+    """Which images are flagged. By default the bundle's operating points (chosen on validation, in its card);
+    `threshold` set overrides them with one fixed rule: any of `classes` has probability >= threshold (also the
+    rule for a bundle without operating points, at 0.5)."""
 
     classes: list[str] = Field(default_factory=lambda: ["MEL", "BCC", "SCC", "AK"])
-    threshold: float = Field(0.5, ge=0, le=1)
+    threshold: float | None = Field(None, ge=0, le=1)
 
 
 class ScreenConfig(Section):

@@ -1,4 +1,4 @@
-"""`skinscan evaluate`."""
+"""`skinscan evaluate` and `skinscan calibrate`."""
 
 from __future__ import annotations
 
@@ -13,13 +13,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", help="output folder (default: <model>/evaluation[-<split>])")
     p.add_argument("--allow-overlap", action="store_true", help="evaluate even if images overlap training data")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
+    p.add_argument("--bootstrap", type=int, default=1000, help="lesion-bootstrap draws for 95%% intervals (0: none)")
     p.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="temperature scaling + operating points on validation, into the card")
+    c.add_argument("--model", required=True, help="classifier bundle (local)")
+    c.add_argument("--data", help="labelled data (default: the bundle's training manifest)")
+    c.add_argument("--split", default="val", help="the validation split to fit on (default: val; never test)")
+    c.add_argument("--backend", default="torch", choices=["onnxruntime", "torch", "tensorrt"])
+    c.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME=SENS",
+        help="operating point and its validation sensitivity, e.g. MEL=0.9 or malignant=0.95 (repeatable; "
+        "default MEL=0.9 and malignant=0.9)",
+    )
+    c.add_argument("--bootstrap", type=int, default=1000, help="lesion-bootstrap draws for the interval")
+    c.set_defaults(func=cmd_calibrate)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from skinscan.config import EvaluateConfig, validate
     from skinscan.evaluation.run import run
 
-    fields = ("model", "data", "split", "output", "allow_overlap", "backend")
+    fields = ("model", "data", "split", "output", "allow_overlap", "backend", "bootstrap")
     run(validate(EvaluateConfig, {k: getattr(a, k) for k in fields}))
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from skinscan.config import CalibrateConfig, validate
+    from skinscan.errors import ConfigError
+    from skinscan.evaluation.calibrate import run
+
+    cfg = {k: getattr(a, k) for k in ("model", "data", "backend", "bootstrap")}
+    cfg["split"] = a.split or None
+    if a.target:
+        targets = {}
+        for item in a.target:
+            name, _, value = item.partition("=")
+            try:
+                targets[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"--target {item}: expected NAME=SENSITIVITY, e.g. MEL=0.9") from None
+        cfg["flag"] = {"target_sensitivity": targets}
+    run(validate(CalibrateConfig, cfg))
     return 0

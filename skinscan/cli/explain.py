@@ -45,6 +45,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
     from skinscan.explain.overlay import overlay, save_png
     from skinscan.explain.registry import explain, get_method
     from skinscan.models.bundle import load_bundle
+    from skinscan.models.calibration import softmax
 
     if a.localization:
         from skinscan.config import DataConfig
@@ -77,7 +78,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
             continue
         x = torch.from_numpy(normalize_batch(resize_square(im, size)[None], card.normalization))
         with torch.no_grad():
-            probs = torch.softmax(model(x), 1)[0].numpy()
+            probs = softmax(model(x).numpy(), card.temperature)[0]
         cls = names.index(a.cls) if a.cls else int(probs.argmax())
         heat = explain(a.method, model, x, [cls], out_size=(size, size))[0]
         mask = None

@@ -26,6 +26,9 @@ from skinscan.data.taxonomy import HAM_DX_TO_ISIC, ISIC2019_CLASSES, ISIC2019_OU
 from skinscan.errors import DataError
 
 MANIFEST_COLUMNS = ["image_id", "uri", "label", "lesion_id", "source", "sha256"]
+METADATA_COLUMNS = ["age", "sex", "site"]
+"""Optional patient metadata kept where the source has it (HAM10000 `localization`, ISIC `anatom_site_general` and
+`age_approx` are renamed): evaluation breaks figures down by them."""
 ISIC_GT_NAME = "ISIC_2019_Training_GroundTruth.csv"
 ISIC_META_NAME = "ISIC_2019_Training_Metadata.csv"
 HAM_META_NAME = "HAM10000_metadata.csv"
@@ -106,7 +109,7 @@ def _finish(df: pd.DataFrame, source: str, hash_bytes: bool) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     df["sha256"] = sha256_uris(df["uri"].tolist()) if hash_bytes else ""
-    df = df[MANIFEST_COLUMNS].reset_index(drop=True)
+    df = df[MANIFEST_COLUMNS + [c for c in METADATA_COLUMNS if c in df]].reset_index(drop=True)
     df["label"] = df["label"].astype("object").where(df["label"].notna(), None)
     df["lesion_id"] = df["lesion_id"].astype("object").where(df["lesion_id"].notna(), None)
     if df["image_id"].duplicated().any():
@@ -134,7 +137,9 @@ def read_isic2019(
     if metadata:
         meta = _read_csv(metadata)
         _require(meta, ["image", "lesion_id"], metadata, "ISIC 2019 metadata")
-        df = df.merge(meta[["image", "lesion_id"]].rename(columns={"image": "image_id"}), on="image_id", how="left")
+        meta = meta.rename(columns={"image": "image_id", "age_approx": "age", "anatom_site_general": "site"})
+        keep = ["image_id", "lesion_id", *(c for c in METADATA_COLUMNS if c in meta)]
+        df = df.merge(meta[keep], on="image_id", how="left")
     df = _attach_uris(df, images or _default_images_root(gt_csv), gt_csv)
     return _finish(df, "isic2019", hash_bytes)
 
@@ -153,6 +158,9 @@ def read_ham10000(
         raise DataError(f"{meta_csv}: unknown dx codes {bad}; expected {sorted(HAM_DX_TO_ISIC)}")
     labels = [ham_dx_to_isic(dx, isic.get(i)) for dx, i in zip(meta["dx"], meta["image_id"].astype(str))]
     df = pd.DataFrame({"image_id": meta["image_id"].astype(str), "label": labels, "lesion_id": meta["lesion_id"]})
+    for src, col in (("age", "age"), ("sex", "sex"), ("localization", "site")):
+        if src in meta:
+            df[col] = meta[src].to_numpy()
     df = _attach_uris(df, images or _default_images_root(meta_csv), meta_csv)
     return _finish(df, "ham10000", hash_bytes)
 

@@ -63,8 +63,9 @@ def leakage_check(bundle: Path, df: pd.DataFrame) -> dict:
     }
 
 
-def predict_probs(bundle: Path, uris: list[str], backend: str, batch_size: int = 32, progress: bool = True):
-    """Softmax probabilities for every decodable image; decode errors are returned, not raised."""
+def predict_logits(bundle: Path, uris: list[str], backend: str, batch_size: int = 32, progress: bool = True):
+    """Logits for every decodable image (probabilities: `calibration.softmax(logits, card.temperature)`); decode
+    errors are returned, not raised."""
     from skinscan.data.preprocess import load_image, normalize_batch
     from skinscan.runtime import create_predictor
 
@@ -77,7 +78,7 @@ def predict_probs(bundle: Path, uris: list[str], backend: str, batch_size: int =
         except ImageDecodeError as err:
             return err
 
-    probs = np.zeros((len(uris), len(predictor.card.class_names)), np.float32)
+    logits = np.zeros((len(uris), len(predictor.card.class_names)), np.float32)
     errors: dict[int, str] = {}
     bar = tqdm(total=len(uris), desc="evaluate", unit="img", disable=not progress)
     with ThreadPoolExecutor(4) as pool:
@@ -88,12 +89,11 @@ def predict_probs(bundle: Path, uris: list[str], backend: str, batch_size: int =
                 if isinstance(a, ImageDecodeError):
                     errors[start + i] = str(a)
             if ok:
-                logits = predictor.predict(normalize_batch(np.stack([loaded[i] for i in ok]), norm)).logits
-                e = np.exp(logits - logits.max(1, keepdims=True))
-                probs[[start + i for i in ok]] = e / e.sum(1, keepdims=True)
+                out = predictor.predict(normalize_batch(np.stack([loaded[i] for i in ok]), norm))
+                logits[[start + i for i in ok]] = out.logits
             bar.update(len(loaded))
     bar.close()
-    return probs, errors
+    return logits, errors
 
 
 def _md_table(raw: dict, over: dict, classes: list[str]) -> str:
@@ -125,11 +125,14 @@ def evaluate(
     backend: str = "onnxruntime",
     seed: int = 0,
     progress: bool = True,
+    bootstrap: int = 1000,
 ) -> dict:
     from conversion.onnx_export import ensure_onnx
     from skinscan.evaluation.isic import official_score, write_isic_files
-    from skinscan.evaluation.metrics import evaluate_probs
+    from skinscan.evaluation.metrics import evaluate_probs, expected_calibration_error
+    from skinscan.evaluation.operating import at_operating_point, by_subgroup, lesion_groups
     from skinscan.evaluation.plots import plot_confusion, plot_reliability, plot_roc
+    from skinscan.models.calibration import card_rule, nll, softmax
 
     bundle, out = local_bundle(bundle), Path(output)
     card = read_card(bundle)
@@ -152,11 +155,24 @@ def evaluate(
     if backend == "onnxruntime":
         ensure_onnx(bundle)
     t0 = time.time()
-    probs, errors = predict_probs(bundle, df["uri"].tolist(), backend, progress=progress)
-    keep = np.array([i not in errors for i in range(len(df))])
-    df, probs = df[keep].reset_index(drop=True), probs[keep]
+    logits, errors = predict_logits(bundle, df["uri"].tolist(), backend, progress=progress)
+    keep = np.array([i not in errors for i in range(len(df))], bool)
+    df, logits = df[keep].reset_index(drop=True), logits[keep]
     y = df["label"].map(classes.index).to_numpy()
+    probs = softmax(logits, card.temperature)  # the card's temperature: what every screening backend applies
     raw = evaluate_probs(y, probs, classes)
+    ece_before, reliability_before = expected_calibration_error(y, softmax(logits))
+    calibration = {
+        "temperature": card.temperature,
+        "fitted_on": card.calibration.fitted_on if card.calibration else None,
+        "nll_before": nll(logits, y),
+        "nll_after": nll(logits, y, card.temperature),
+        "ece_before": ece_before,
+        "ece_after": raw["ece"],
+    }
+    rule = card_rule(card)
+    operating = at_operating_point(probs, y, classes, lesion_groups(df), rule, bootstrap, seed)
+    subgroups = by_subgroup(df, probs, y, classes, rule, min(bootstrap, 500), seed)
     idx = oversample_indices(y, seed)
     over = evaluate_probs(y[idx], probs[idx], classes)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +191,10 @@ def evaluate(
         "leakage": leakage,
         "allow_overlap": allow_overlap,
         "predict_s": round(time.time() - t0, 1),
+        "operating_point": operating,
+        "subgroups": subgroups,
+        "calibration": calibration,
+        "card_operating_points": {k: v.model_dump() for k, v in card.operating_points.items()},
         "raw": raw,
         "oversampled": over,
         "oversampled_note": OVERSAMPLED_NOTE,
@@ -193,7 +213,8 @@ def evaluate(
     plot_confusion(np.array(raw["confusion_matrix"]), classes, out / "confusion_raw.png", "raw")
     plot_confusion(np.array(over["confusion_matrix"]), classes, out / "confusion_oversampled.png", "oversampled")
     plot_roc(y, probs, classes, raw["auc"], out / "roc.png")
-    plot_reliability(raw["reliability"], raw["ece"], out / "reliability.png")
+    plot_reliability(raw["reliability"], raw["ece"], out / "reliability.png", f"temperature {card.temperature:.2f}")
+    plot_reliability(reliability_before, ece_before, out / "reliability_uncalibrated.png", "uncalibrated")
     (out / "evaluation.md").write_text(render_markdown(result))
     return result
 
@@ -256,6 +277,10 @@ def render_markdown(r: dict) -> str:
 Data: `{r["data"]}` split `{r["split"]}`, {r["n_images"]} images, backend {r["backend"]}.
 Leakage check against the training manifest: {leak_line}.
 
+{_operating_md(r)}
+
+## All figures
+
 | | raw distribution | oversampled distribution |
 |---|---|---|
 | images | {raw["n"]} | {over["n"]} |
@@ -271,6 +296,8 @@ Official ISIC scorer: {official_line}.
 Melanoma sensitivity at 80% / 90% specificity: {fmt(mel.get("0.80"))} / {fmt(mel.get("0.90"))}.
 AUC (one vs rest): {auc}.
 
+{_calibration_md(r)}
+
 > {r["oversampled_note"]}
 
 ## Classification report (raw | oversampled, "os")
@@ -280,4 +307,36 @@ AUC (one vs rest): {auc}.
 ![confusion](confusion_raw.png)
 ![roc](roc.png)
 ![reliability](reliability.png)
+![reliability, uncalibrated](reliability_uncalibrated.png)
 """
+
+
+def _operating_md(r: dict) -> str:
+    """The opening: what a screening programme would see at the bundle's operating point."""
+    from skinscan.evaluation.operating import fmt_ci, operating_point_markdown, subgroup_markdown
+
+    op = r["operating_point"]
+    flag = op["points"]["flag"]
+    mel = op["points"].get("MEL")
+    source = "chosen on validation" if r["card_operating_points"] else "none in the card: the default 0.5 rule"
+    head = (
+        f"**At the bundle's operating point** ({source}): "
+        f"{fmt_ci(flag['referrals_per_1000'], 0)} referrals per 1,000 screened; "
+        + (f"melanoma sensitivity {fmt_ci(mel['sensitivity'])}; " if mel else "")
+        + f"sensitivity for any malignant lesion {fmt_ci(flag['sensitivity'])}, specificity "
+        f"{fmt_ci(flag['specificity'])} (95% intervals, bootstrap by lesion)."
+    )
+    return (
+        f"## Operating point\n\n{head}\n\n{operating_point_markdown(op)}\n\n## By age, sex and site\n\n"
+        f"{subgroup_markdown(r['subgroups'])}"
+    )
+
+
+def _calibration_md(r: dict) -> str:
+    c = r["calibration"]
+    if c["fitted_on"] is None:
+        return f"Calibration: none in the card (temperature 1); NLL {c['nll_before']:.4f}, ECE {c['ece_before']:.4f}."
+    return (
+        f"Calibration: temperature {c['temperature']:.3f} (fitted on {c['fitted_on']}); on these images NLL "
+        f"{c['nll_before']:.4f} -> {c['nll_after']:.4f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}."
+    )

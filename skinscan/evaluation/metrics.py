@@ -1,6 +1,7 @@
 """The one metrics module: classification (report, balanced accuracy, the ISIC metric, AUCs, melanoma sensitivity
-at fixed specificity, calibration), the compact summary training validates on, and segmentation (Dice, Jaccard).
-Values follow scikit-learn's definitions."""
+at fixed specificity, calibration), the compact summary training validates on, screening rates at an operating
+point, bootstrap intervals resampled by lesion, and segmentation (Dice, Jaccard). Values follow scikit-learn's
+definitions; the weighted forms take a bootstrap draw as per-row weights (a lesion drawn twice weighs 2)."""
 
 from __future__ import annotations
 
@@ -72,14 +73,15 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(ece), bins
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+    cm = np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), weights=weights, minlength=k * k).reshape(k, k)
+    return cm if weights is not None else cm.astype(np.int64)
 
 
-def classification_summary(y_true, y_pred, k: int) -> dict[str, float]:
+def classification_summary(y_true, y_pred, k: int, weights: np.ndarray | None = None) -> dict[str, float]:
     """accuracy, balanced accuracy (mean recall over classes present in y_true), macro F1 (over the classes
     present or predicted): what training validates on every epoch, without scikit-learn's overhead."""
-    cm = confusion_matrix(y_true, y_pred, k).astype(float)
+    cm = confusion_matrix(y_true, y_pred, k, weights).astype(float)
     support = cm.sum(1)
     predicted = cm.sum(0)
     tp = np.diag(cm)
@@ -92,6 +94,66 @@ def classification_summary(y_true, y_pred, k: int) -> dict[str, float]:
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present | (predicted > 0)].mean()) if (present | (predicted > 0)).any() else 0.0,
     }
+
+
+def screening_rates(flagged: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> dict:
+    """Sensitivity, specificity, PPV and referrals per 1,000 screened of a flag against a binary truth."""
+    w = np.ones(len(flagged)) if weights is None else weights
+    f, p = np.asarray(flagged, bool), np.asarray(positive, bool)
+    wp, wn, wf = (w * p).sum(), (w * ~p).sum(), (w * f).sum()
+    tp, tn = (w * (f & p)).sum(), (w * (~f & ~p)).sum()
+    nan = float("nan")
+    return {
+        "sensitivity": tp / wp if wp else nan,
+        "specificity": tn / wn if wn else nan,
+        "ppv": tp / wf if wf else nan,
+        "referrals_per_1000": 1000 * wf / w.sum() if w.sum() else nan,
+    }
+
+
+def weighted_auc(positive: np.ndarray, scores: np.ndarray):
+    """A function of per-row weights -> ROC AUC (ties count half); sorts once, so a bootstrap costs O(n) per
+    draw. None where a draw has no positives or no negatives. Unweighted, equals sklearn's roc_auc_score."""
+    order = np.argsort(scores, kind="mergesort")
+    s, p = np.asarray(scores)[order], np.asarray(positive, bool)[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+
+    def auc(weights: np.ndarray | None = None) -> float | None:
+        w = np.ones(len(s)) if weights is None else np.asarray(weights, float)[order]
+        wp, wn = np.add.reduceat(w * p, starts), np.add.reduceat(w * ~p, starts)
+        den = wp.sum() * wn.sum()
+        return float((wp * (np.cumsum(wn) - 0.5 * wn)).sum() / den) if den > 0 else None
+
+    return auc
+
+
+def lesion_bootstrap_weights(groups, reps: int = 1000, seed: int = 0):
+    """Per-row weights of `reps` bootstrap draws that resample groups (lesions) with replacement: every image of
+    a drawn lesion comes along, so correlated images of one lesion do not count as independent evidence."""
+    _, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    g = int(inverse.max()) + 1 if len(inverse) else 0
+    rng = np.random.default_rng(seed)
+    for _ in range(reps):
+        yield np.bincount(rng.integers(0, g, g), minlength=g)[inverse].astype(float)
+
+
+def bootstrap_ci(stat, groups, reps: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals of each figure of `stat(weights) -> {name: value}` over lesion-bootstrap draws (all
+    figures from the same draws). Draws where a figure is undefined (None or NaN: e.g. no positive drawn) are
+    dropped for it; a figure undefined in most draws gets None."""
+    if reps <= 0:
+        return dict.fromkeys(stat(None))
+    draws: dict[str, list[float]] = {}
+    for w in lesion_bootstrap_weights(groups, reps, seed):
+        for k, v in stat(w).items():
+            if v is not None and np.isfinite(v):
+                draws.setdefault(k, []).append(float(v))
+    a = (1 - level) / 2
+    out: dict[str, list[float] | None] = {}
+    for k in stat(None):
+        v = np.array(draws.get(k, []))
+        out[k] = [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] if len(v) >= reps / 2 else None
+    return out
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

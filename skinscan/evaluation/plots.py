@@ -68,7 +68,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: list[str], auc: dic
     plt.close(fig)
 
 
-def plot_reliability(reliability: dict, ece: float, path: Path) -> None:
+def plot_reliability(reliability: dict, ece: float, path: Path, label: str = "") -> None:
     plt = _plt()
     n = len(reliability["count"])
     centers = (np.arange(n) + 0.5) / n
@@ -77,7 +77,7 @@ def plot_reliability(reliability: dict, ece: float, path: Path) -> None:
     a.bar(centers, acc, width=1 / n, edgecolor="k", alpha=0.7, label="accuracy")
     a.plot([0, 1], [0, 1], "r--", label="perfect calibration")
     a.set_ylabel("accuracy")
-    a.set_title(f"Reliability (ECE {ece:.3f})")
+    a.set_title(f"Reliability{', ' + label if label else ''} (ECE {ece:.3f})")
     a.legend()
     b.bar(centers, reliability["count"], width=1 / n, edgecolor="k", color="grey")
     b.set_xlabel("top-1 confidence")

@@ -27,14 +27,25 @@ def run(cfg: EvaluateConfig) -> dict:
 
     from skinscan.evaluation.classifier import evaluate
 
-    r = evaluate(cfg.model, cfg.data, out, cfg.split, cfg.allow_overlap, cfg.backend)
+    r = evaluate(cfg.model, cfg.data, out, cfg.split, cfg.allow_overlap, cfg.backend, bootstrap=cfg.bootstrap)
     print_summary(r, out)
     return r
 
 
 def print_summary(r: dict, out: str) -> None:
+    from skinscan.evaluation.operating import fmt_ci
+
     raw, over = r["raw"], r["oversampled"]
     print(f"leakage check: {r['leakage'].get('overlapping', 'n/a')} overlapping images")
+    op = r["operating_point"]
+    print(f"operating point: {op['rule']}")
+    for name, p in op["points"].items():
+        print(
+            f"  {name:10s} sensitivity {fmt_ci(p['sensitivity'])}  specificity {fmt_ci(p['specificity'])}  "
+            f"PPV {fmt_ci(p['ppv'])}  referrals/1000 {fmt_ci(p['referrals_per_1000'], 0)}"
+        )
+    c = r["calibration"]
+    print(f"calibration: temperature {c['temperature']:.3f}; ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
     print(
         f"raw        n={raw['n']:6d} acc {raw['accuracy']:.4f} bal-acc {raw['balanced_accuracy']:.4f} "
         f"macro-F1 {raw['macro_avg']['f1']:.4f}"

@@ -67,6 +67,34 @@ class ExportRecord(_Open):
     source: str | None = Field(None, alias="from")  # the ONNX file an engine was built from
 
 
+class Calibration(_Open):
+    """Temperature scaling fitted on a validation set: probabilities are softmax(logits / temperature)."""
+
+    temperature: float
+    fitted_on: str
+    n: int
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+
+
+class OperatingPoint(_Open):
+    """A flag threshold on the summed probability of `classes`, chosen on validation to reach a target
+    sensitivity; with what it gave there (sensitivity with its lesion-bootstrap 95% interval)."""
+
+    classes: list[str]
+    threshold: float
+    target_sensitivity: float
+    chosen_on: str
+    val_sensitivity: float
+    val_sensitivity_ci: list[float] | None = None
+    val_specificity: float
+    val_positives: int
+    val_negatives: int
+    val_referrals_per_1000: float
+
+
 class ModelCard(_Open):
     task: Literal["classify", "segment"]
     architecture: Architecture
@@ -91,6 +119,13 @@ class ModelCard(_Open):
     epochs_run: int | None = None
     train_wall_s: float | None = None
     ray_run: dict[str, Any] | None = None
+    # written by calibration (after training, or `skinscan calibrate`)
+    calibration: Calibration | None = None
+    operating_points: dict[str, OperatingPoint] = Field(default_factory=dict)
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
 
     @property
     def model_id(self) -> str:
@@ -206,6 +241,14 @@ def record_export(directory: str | Path, key: str, record: ExportRecord) -> Mode
     _local_only(directory)
     card = read_card(directory)
     card.exports[key] = record
+    _write_card(Path(directory), card)
+    return card
+
+
+def record_calibration(directory: str | Path, calibration: Calibration, points: dict[str, OperatingPoint]) -> ModelCard:
+    """Store the temperature and operating points in the card (weights untouched)."""
+    _local_only(directory)
+    card = read_card(directory).model_copy(update={"calibration": calibration, "operating_points": points})
     _write_card(Path(directory), card)
     return card
 

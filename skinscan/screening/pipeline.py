@@ -353,6 +353,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
             "backend": cfg.backend,
             "explain": cfg.explain,
             "interrupted": interrupted,
+            "flag": flag_summary(cfg),
         }
     )
     if "://" not in cfg.output:
@@ -360,6 +361,33 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     if interrupted:
         raise KeyboardInterrupt(f"{written} rows written this run; rerun the same command to resume")
     return summary
+
+
+def flag_summary(cfg: ScreenConfig) -> dict:
+    """The flag rule this run used and, for the card's operating points, what each gave on validation."""
+    from skinscan.models.bundle import read_card
+    from skinscan.models.calibration import screening_rule
+
+    card = read_card(cfg.model)
+    rule = screening_rule(card, cfg.flag.threshold, cfg.flag.classes)
+    points = {}
+    if rule.source == "card":
+        points = {
+            n: p.model_dump(
+                include={
+                    "classes",
+                    "threshold",
+                    "target_sensitivity",
+                    "chosen_on",
+                    "val_sensitivity",
+                    "val_sensitivity_ci",
+                    "val_specificity",
+                    "val_referrals_per_1000",
+                }
+            )
+            for n, p in card.operating_points.items()
+        }
+    return {"rule": rule.describe(), "source": rule.source, "temperature": card.temperature, "points": points}
 
 
 def print_summary(s: dict) -> None:
@@ -373,7 +401,7 @@ def print_summary(s: dict) -> None:
             f"[screen] {s['stale']} rows are for inputs no longer listed (e.g. {', '.join(s['stale_examples'])}); "
             "they are kept and do not count as missing"
         )
-    print(f"[screen] per class {s['per_class']}; flagged {s['flagged']}")
+    print(f"[screen] per class {s['per_class']}; flagged {s['flagged']} by {s.get('flag', {}).get('rule', '?')}")
     if s.get("images_per_s") is not None:
         print(
             f"[screen] this run: {s['this_run_rows']} images in {s['this_run_wall_s']} s "

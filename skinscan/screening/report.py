@@ -107,6 +107,35 @@ def _gallery_item(row: dict) -> str:
     )
 
 
+def _operating_point(flag: dict, rule: str, s: dict) -> str:
+    """The opening a programme reads first: the rule, what it gave on validation, what it did in this run."""
+    rate = 1000 * s["flagged"] / max(1, s["ok"])
+    here = f"This run flagged <b>{s['flagged']}</b> of {s['ok']} classified images ({rate:.0f} per 1,000)."
+    points = flag.get("points") or {}
+    if not points:
+        return (
+            f"<p>Rule: <code>{html.escape(rule)}</code>. {here} <span class=muted>No operating point chosen on "
+            "validation is in the model card, so no expected sensitivity can be given: calibrate the bundle "
+            "(<code>skinscan calibrate</code>).</span></p>"
+        )
+    lines = []
+    for name, p in points.items():
+        ci = p.get("val_sensitivity_ci")
+        ci_s = f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
+        what = "melanoma" if name == "MEL" else "any malignant lesion" if name == "malignant" else name
+        lines.append(
+            f"<li><b>{html.escape(what)}</b>: P({'+'.join(p['classes'])}) &ge; {p['threshold']:.3f}, chosen for "
+            f"sensitivity {p['target_sensitivity']:.2f} on {html.escape(str(p['chosen_on']))}: sensitivity "
+            f"<b>{p['val_sensitivity']:.2f}</b>{ci_s}, specificity {p['val_specificity']:.2f}, "
+            f"{p['val_referrals_per_1000']:.0f} referrals per 1,000 there</li>"
+        )
+    return (
+        f"<p>Images are flagged when any operating point of the model card fires. {here} Expected (on the "
+        f"model's validation images, which may differ from this population):</p><ul id=operating>{''.join(lines)}"
+        "</ul>"
+    )
+
+
 def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path:
     from skinscan.screening.pipeline import count_results
 
@@ -137,15 +166,18 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
         for k in ("t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms")
         if k in ok and ok[k].notna().any()
     }
-    rule = ok["flag_rule"].dropna().iloc[0] if len(ok) and ok["flag_rule"].notna().any() else "-"
     summary_path = Path(output) / "summary.json"
     run = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    unflagged = ok.loc[~ok["flagged"], "flag_rule"].dropna()
+    rule = run.get("flag", {}).get("rule") or (unflagged.iloc[0] if len(unflagged) else "-")
     speed = f"{run['images_per_s']} images/s in the last run" if run.get("images_per_s") else ""
     page = f"""<!doctype html><html lang=en><head><meta charset=utf-8>
 <meta name=viewport content="width=device-width,initial-scale=1"><title>SkinScan screening report</title>
 <style>{CSS}</style></head><body>
 <h1>SkinScan screening report</h1>
 <div class=muted>{html.escape(str(output))} · models {html.escape(models)} · {html.escape(speed)}</div>
+<h2>Operating point</h2>
+{_operating_point(run.get("flag", {}), rule, s)}
 <h2>Summary</h2>
 <div class=cards>
 <div class=card><b id=n-rows>{s["rows"]}</b>images</div>

@@ -12,8 +12,8 @@
 | predicted_class | string | ISIC 2019 class with the highest probability |
 | confidence | float32 | its probability |
 | prob_MEL ... prob_SCC | float32 | per-class probabilities (null for classes the model lacks) |
-| flagged | bool | the flag rule fired (see `flag_rule`) |
-| flag_rule | string | e.g. `any(MEL,BCC,SCC,AK) >= 0.5` |
+| flagged | bool | the flag rule fired: the bundle's operating points (chosen on validation) or a configured threshold |
+| flag_rule | string | flagged rows: the points that fired, e.g. `P(MEL) >= 0.213 [card]`; others: the whole rule |
 | lesion_area | float32 | segmented lesion share of the image (null without a segmenter) |
 | bbox_x0, bbox_y0, bbox_x1, bbox_y1 | float32 | lesion bounding box, fractions of width/height |
 | mask_png | binary | lesion mask, 8-bit PNG at the segmenter's resolution (`mask_size`) |

@@ -19,6 +19,7 @@ from skinscan.data.preprocess import normalize_batch
 from skinscan.data.taxonomy import ISIC2019_CLASSES
 from skinscan.errors import ImageDecodeError
 from skinscan.explain.encode import encode_map
+from skinscan.models.calibration import screening_rule, softmax
 from skinscan.screening.schema import PROB_COLUMNS, SCHEMA_VERSION
 
 
@@ -238,7 +239,7 @@ class ClassifyStage:
         explain: str = "flagged",
         method: str = "fast",
         flag_classes=("MEL", "BCC", "SCC", "AK"),
-        threshold: float = 0.5,
+        threshold: float | None = None,
         thumbnails: str = "flagged",
         explain_here: bool = True,
     ):
@@ -264,9 +265,9 @@ class ClassifyStage:
         if self.here:
             self.model, _ = load_bundle(bundle)
             self.head_w = head_weights(self.model)[0].numpy()
-        self.flag_idx = [self.classes.index(c) for c in flag_classes if c in self.classes]
-        self.threshold = threshold
-        self.rule = f"any({','.join(flag_classes)}) >= {threshold}"
+        # the card's operating points (chosen on validation) unless the config sets a fixed threshold
+        self.rule = screening_rule(self.card, threshold, list(flag_classes))
+        self.temperature = self.card.temperature
         self.backend = backend
         self.id = self.card.model_id
         self.version = f"{self.card.created or '?'} skinscan {__version__}"
@@ -287,6 +288,7 @@ class ClassifyStage:
         probs_all = np.full((n, len(ISIC2019_CLASSES)), np.nan, np.float32)
         pred_cls, conf = [None] * n, np.full(n, np.nan, np.float32)
         flagged = np.zeros(n, bool)
+        rule_text = [self.rule.describe()] * n
         heat, hm_cls = [None] * n, [None] * n
         hh, hw = np.zeros(n, np.int32), np.zeros(n, np.int32)
         thumbs = [None] * n
@@ -295,15 +297,15 @@ class ClassifyStage:
         if len(ok):
             x = normalize_batch(_resize_batch(batch["work"][ok], self.size), self.card.normalization)
             out = self.predictor.predict(x)
-            logits = out.logits
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            probs = e / e.sum(1, keepdims=True)
+            probs = softmax(out.logits, self.temperature)
             top = probs.argmax(1)
             for k, c in enumerate(self.classes):
                 if c in ISIC2019_CLASSES:
                     probs_all[ok, ISIC2019_CLASSES.index(c)] = probs[:, k]
-            is_flag = (probs[:, self.flag_idx] >= self.threshold).any(1) if self.flag_idx else np.zeros(len(ok), bool)
+            is_flag, why = self.rule.apply(probs, self.classes)
             flagged[ok] = is_flag
+            for j, i in enumerate(ok):
+                rule_text[i] = why[j]
             for j, i in enumerate(ok):
                 pred_cls[i], conf[i] = self.classes[top[j]], probs[j, top[j]]
             te = time.perf_counter()
@@ -335,7 +337,7 @@ class ClassifyStage:
                 "confidence": conf,
                 **{col: probs_all[:, k] for k, col in enumerate(PROB_COLUMNS)},
                 "flagged": flagged,
-                "flag_rule": _obj([self.rule] * n),
+                "flag_rule": _obj(rule_text),
                 **heatmap_columns(self.method, heat, hm_cls, hh, hw),
                 "thumbnail_jpeg": _obj(thumbs),
                 "model_id": _obj([self.id] * n),

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from skinscan.config import TrainConfig, save_config
@@ -233,6 +234,20 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
     return out
 
 
+def calibrate_on_validation(bundle: Path, df: pd.DataFrame, cfg: TrainConfig) -> None:
+    """Temperature scaling and operating points on the validation split, into the bundle's card."""
+    from skinscan.evaluation.calibrate import fit
+    from skinscan.evaluation.classifier import predict_logits
+
+    val = df[df["split"] == "val"].reset_index(drop=True)
+    if val.empty:
+        print("[train] no validation split: no calibration or operating points (see skinscan calibrate)")
+        return
+    logits, errors = predict_logits(bundle, val["uri"].tolist(), "torch", progress=False)
+    keep = np.array([i not in errors for i in range(len(val))], bool)
+    fit(bundle, val[keep].reset_index(drop=True), logits[keep], cfg.flag.target_sensitivity, "validation split")
+
+
 def write_bundle(
     cfg: TrainConfig,
     staging: Path,
@@ -281,6 +296,8 @@ def write_bundle(
     plot_history(history, cfg.metric, staging / "training_curves.png")
     shown = {k: round(v, 4) for k, v in best_metrics.items() if isinstance(v, float)}
     print(f"[train] best epoch {best_state['epoch'] + 1} ({cfg.metric}={best_state['best']['score']:.4f}) {shown}")
+    if cfg.task == "classify" and cfg.calibrate:
+        calibrate_on_validation(staging, df, cfg)
     if not storage.is_remote(cfg.output):
         return staging
     publish_bundle(staging, cfg.output)

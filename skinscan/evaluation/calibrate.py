@@ -1,0 +1,124 @@
+"""`skinscan calibrate` (and the end of training): temperature scaling and operating points, fitted on a
+validation set only, written into the bundle's card.
+
+The test split is refused: a threshold chosen where it is then measured reports the sensitivity it was asked for,
+not the one a programme will get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skinscan.config import CalibrateConfig
+from skinscan.errors import ConfigError, DataError
+from skinscan.evaluation.metrics import bootstrap_ci, expected_calibration_error, screening_rates
+from skinscan.evaluation.operating import lesion_groups
+from skinscan.models import calibration as cal
+from skinscan.models.bundle import Calibration, ModelCard, OperatingPoint, read_card, record_calibration
+
+
+def choose_points(
+    probs: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    groups: np.ndarray,
+    targets: dict[str, float],
+    where: str,
+    reps: int = 1000,
+) -> dict[str, OperatingPoint]:
+    """For each target, the most specific threshold that reaches it on these (validation) rows."""
+    truth = np.array(classes)[y]
+    points = {}
+    for name, target in targets.items():
+        members = [c for c in cal.RULE_MEMBERS[name] if c in classes]
+        positive = np.isin(truth, members)
+        if not members or not positive.any() or positive.all():
+            print(f"[calibrate] {name}: no positives and negatives in {where}; no operating point")
+            continue
+        scores = cal.rule_scores(probs, classes, members)
+        t, sens, spec = cal.threshold_for_sensitivity(scores, positive, target)
+        flagged = scores >= t
+
+        def sensitivity(w, flagged=flagged, positive=positive):
+            return {"s": screening_rates(flagged, positive, w)["sensitivity"]}
+
+        ci = bootstrap_ci(sensitivity, groups, reps)["s"]
+        points[name] = OperatingPoint(
+            classes=members,
+            threshold=t,
+            target_sensitivity=target,
+            chosen_on=where,
+            val_sensitivity=sens,
+            val_sensitivity_ci=ci,
+            val_specificity=spec,
+            val_positives=int(positive.sum()),
+            val_negatives=int((~positive).sum()),
+            val_referrals_per_1000=float(1000 * flagged.mean()),
+        )
+    return points
+
+
+def fit(
+    bundle: Path, df: pd.DataFrame, logits: np.ndarray, targets: dict[str, float], where: str, reps: int = 1000
+) -> ModelCard:
+    """Fit the temperature on (logits, labels of df), choose the operating points on the calibrated
+    probabilities, store both in the card."""
+    classes = read_card(bundle).class_names
+    y = df["label"].map(classes.index).to_numpy()
+    t = cal.fit_temperature(logits, y)
+    before, after = cal.softmax(logits), cal.softmax(logits, t)
+    calibration = Calibration(
+        temperature=t,
+        fitted_on=where,
+        n=int(len(y)),
+        nll_before=cal.nll(logits, y),
+        nll_after=cal.nll(logits, y, t),
+        ece_before=expected_calibration_error(y, before)[0],
+        ece_after=expected_calibration_error(y, after)[0],
+    )
+    points = choose_points(after, y, classes, lesion_groups(df), targets, where, reps)
+    card = record_calibration(bundle, calibration, points)
+    c = calibration
+    print(
+        f"[calibrate] temperature {t:.3f} on {c.n} images ({where}): NLL {c.nll_before:.4f} -> {c.nll_after:.4f}, "
+        f"ECE {c.ece_before:.4f} -> {c.ece_after:.4f}"
+    )
+    for name, p in points.items():
+        print(
+            f"[calibrate] {name}: P({'+'.join(p.classes)}) >= {p.threshold:.4f} gives sensitivity "
+            f"{p.val_sensitivity:.3f} (target {p.target_sensitivity:.2f}), specificity {p.val_specificity:.3f}, "
+            f"{p.val_referrals_per_1000:.0f} referrals per 1,000 on {where}"
+        )
+    return card
+
+
+def run(cfg: CalibrateConfig) -> ModelCard:
+    from skinscan.data import storage
+    from skinscan.evaluation.classifier import predict_logits, select_eval_set
+
+    if storage.is_remote(cfg.model):
+        raise ConfigError(f"{cfg.model}: calibrate a local copy of the bundle, then upload it")
+    if cfg.split in ("test", "train"):
+        raise ConfigError(
+            f"--split {cfg.split}: operating points are chosen on validation only (a threshold chosen on the split "
+            "it is measured on reports the target, not what screening will get)"
+        )
+    bundle = Path(cfg.model)
+    card = read_card(bundle)
+    if card.task != "classify":
+        raise ConfigError(f"{bundle} is a {card.task} bundle; calibrate needs a classifier")
+    data = cfg.data or str(bundle / "train_manifest.parquet")
+    df = select_eval_set(bundle, data, cfg.split)
+    df = df[df["label"].isin(card.class_names)].reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"{data}: no labelled images of the model's classes to calibrate on")
+    if cfg.backend == "onnxruntime":
+        from conversion.onnx_export import ensure_onnx
+
+        ensure_onnx(bundle)
+    logits, errors = predict_logits(bundle, df["uri"].tolist(), cfg.backend)
+    keep = np.array([i not in errors for i in range(len(df))], bool)
+    where = f"{Path(data).name} split {cfg.split}" if cfg.split else Path(data).name
+    return fit(bundle, df[keep].reset_index(drop=True), logits[keep], cfg.flag.target_sensitivity, where, cfg.bootstrap)

@@ -1,0 +1,159 @@
+"""What a screening programme reads: figures at the bundle's operating point, with 95% intervals resampled by
+lesion, overall and by age band, sex and body site.
+
+Every figure comes with its interval (lesion bootstrap, `metrics.bootstrap_ci`) and its counts; subgroups with
+fewer than `SMALL_GROUP` positives are marked, not hidden."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from skinscan.evaluation.metrics import bootstrap_ci, classification_summary, screening_rates, weighted_auc
+from skinscan.models.calibration import MALIGNANT_ORDERED, FlagRule
+
+SMALL_GROUP = 20
+AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
+SKIN_TYPE_NOTE = (
+    "Skin type (Fitzpatrick) is not recorded in HAM10000, ISIC 2017 or ISIC 2019: how the model does on darker "
+    "skin is unknown from these data."
+)
+RATES = ("sensitivity", "specificity", "ppv", "referrals_per_1000")
+
+
+def lesion_groups(df: pd.DataFrame) -> np.ndarray:
+    """Bootstrap unit per row: the lesion id, or the image id where none is recorded."""
+    lesion = df["lesion_id"] if "lesion_id" in df else pd.Series([None] * len(df))
+    return np.where(lesion.notna(), lesion.astype(str), "img:" + df["image_id"].astype(str)).astype(str)
+
+
+def rule_decisions(probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule) -> dict:
+    """name -> (flagged, truly positive) for each operating point and for the screening flag (`flag`: any point
+    fired; positive = a malignant class)."""
+    flagged, _ = rule.apply(probs, classes)
+    truth = np.array(classes)[y]
+    out = {}
+    for name, (members, t) in rule.points.items():
+        one = FlagRule({name: (members, t)}, rule.source).apply(probs, classes)[0]
+        out[name] = (one, np.isin(truth, members))
+    out["flag"] = (flagged, np.isin(truth, MALIGNANT_ORDERED))
+    return out
+
+
+def _with_ci(flagged, positive, groups, reps, seed) -> dict:
+    point = screening_rates(flagged, positive)
+    ci = bootstrap_ci(lambda w: screening_rates(flagged, positive, w), groups, reps, seed)
+    return {
+        **{k: {"value": point[k], "ci": ci[k]} for k in RATES},
+        "positives": int(positive.sum()),
+        "negatives": int((~positive).sum()),
+        "flagged": int(flagged.sum()),
+    }
+
+
+def at_operating_point(
+    probs: np.ndarray, y: np.ndarray, classes: list[str], groups: np.ndarray, rule: FlagRule, reps=1000, seed=0
+) -> dict:
+    """Sensitivity, specificity, PPV and referrals per 1,000 for each operating point and the screening flag,
+    plus balanced accuracy, macro F1 and per-class AUC, each with a lesion-bootstrap 95% interval."""
+    points = {
+        name: _with_ci(f, p, groups, reps, seed) for name, (f, p) in rule_decisions(probs, y, classes, rule).items()
+    }
+    pred, k = probs.argmax(1), len(classes)
+    aucs = {c: weighted_auc(y == i, probs[:, i]) for i, c in enumerate(classes) if 0 < (y == i).sum() < len(y)}
+
+    def stat(w):
+        s = classification_summary(y, pred, k, w)
+        return {"balanced_accuracy": s["balanced_accuracy"], "macro_f1": s["macro_f1"]} | {
+            f"auc_{c}": f(w) for c, f in aucs.items()
+        }
+
+    point, ci = stat(None), bootstrap_ci(stat, groups, reps, seed)
+    return {
+        "rule": rule.describe(),
+        "points": points,
+        "overall": {k: {"value": v, "ci": ci[k]} for k, v in point.items()},
+        "bootstrap": {"reps": reps, "unit": "lesion", "groups": int(len(np.unique(groups)))},
+    }
+
+
+def subgroup_columns(df: pd.DataFrame) -> dict[str, pd.Series]:
+    """attribute -> group label per row, for the metadata the manifest has (age band, sex, site)."""
+    out = {}
+    if "age" in df and df["age"].notna().any():
+        age = pd.to_numeric(df["age"], errors="coerce")
+        band = pd.Series("unknown", index=df.index)
+        for lo, hi, name in AGE_BANDS:
+            band[(age >= lo) & (age < hi)] = name
+        out["age"] = band
+    for col in ("sex", "site"):
+        if col in df and df[col].notna().any():
+            out[col] = df[col].fillna("unknown").astype(str).str.strip().replace("", "unknown")
+    return out
+
+
+def by_subgroup(
+    df: pd.DataFrame, probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule, reps=500, seed=0
+) -> list[dict]:
+    """The screening flag's and the melanoma point's sensitivity, and the flag's specificity and referrals, per
+    subgroup, with intervals and counts; `small` marks groups with < SMALL_GROUP malignant positives."""
+    groups = lesion_groups(df)
+    rows = []
+    for attr, labels in subgroup_columns(df).items():
+        for g in sorted(labels.unique(), key=str):
+            m = (labels == g).to_numpy()
+            dec = rule_decisions(probs[m], y[m], classes, rule)
+            flag = _with_ci(*dec["flag"], groups[m], reps, seed)
+            row = {"attribute": attr, "group": g, "n": int(m.sum()), "flag": flag}
+            if "MEL" in dec:
+                row["MEL"] = _with_ci(*dec["MEL"], groups[m], reps, seed)
+            row["small"] = flag["positives"] < SMALL_GROUP
+            rows.append(row)
+    return rows
+
+
+def fmt_ci(entry: dict, digits: int = 3, scale: float = 1.0) -> str:
+    v, ci = entry["value"], entry["ci"]
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    s = f"{v * scale:.{digits}f}"
+    return s + (f" ({ci[0] * scale:.{digits}f}-{ci[1] * scale:.{digits}f})" if ci else "")
+
+
+def operating_point_markdown(op: dict) -> str:
+    lines = [
+        f"Rule: `{op['rule']}`. 95% intervals: {op['bootstrap']['reps']} bootstrap draws of "
+        f"{op['bootstrap']['groups']} lesions.",
+        "",
+        "| point | positives / negatives | sensitivity | specificity | PPV | referrals per 1,000 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, p in op["points"].items():
+        label = "**screening flag** (any point; positive = MEL, BCC, SCC or AK)" if name == "flag" else name
+        lines.append(
+            f"| {label} | {p['positives']} / {p['negatives']} | {fmt_ci(p['sensitivity'])} | "
+            f"{fmt_ci(p['specificity'])} | {fmt_ci(p['ppv'])} | {fmt_ci(p['referrals_per_1000'], 0)} |"
+        )
+    lines += ["", "| figure | value (95% CI) |", "|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {fmt_ci(v)} |" for k, v in op["overall"].items()]
+    return "\n".join(lines)
+
+
+def subgroup_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "No age, sex or site recorded in this data set: no subgroup table.\n\n" + SKIN_TYPE_NOTE
+    lines = [
+        "| attribute | group | images | malignant / MEL | flag sensitivity | MEL sensitivity | specificity | "
+        "referrals per 1,000 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        f, mel = r["flag"], r.get("MEL")
+        small = " (small: < 20 positives)" if r["small"] else ""
+        lines.append(
+            f"| {r['attribute']} | {r['group']}{small} | {r['n']} | {f['positives']} / "
+            f"{mel['positives'] if mel else '-'} | {fmt_ci(f['sensitivity'], 2)} | "
+            f"{fmt_ci(mel['sensitivity'], 2) if mel else '-'} | {fmt_ci(f['specificity'], 2)} | "
+            f"{fmt_ci(f['referrals_per_1000'], 0)} |"
+        )
+    return "\n".join(lines) + "\n\n" + SKIN_TYPE_NOTE

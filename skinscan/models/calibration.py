@@ -1,0 +1,105 @@
+"""From logits to decisions: temperature scaling and operating points.
+
+A screening programme thresholds probabilities, so they must mean what they say (temperature scaling, Guo et al.
+2017: one scalar fitted on validation, argmax unchanged) and the threshold must come from a target it can defend
+(the sensitivity it wants on validation), not 0.5. Pure numpy: training, `skinscan calibrate`, evaluation and every
+screening backend call the same functions, so a probability is the same wherever it is computed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from skinscan.data.taxonomy import ISIC2019_CLASSES, MALIGNANT
+
+MALIGNANT_ORDERED = [c for c in ISIC2019_CLASSES if c in MALIGNANT]
+RULE_MEMBERS: dict[str, list[str]] = {"malignant": MALIGNANT_ORDERED, **{c: [c] for c in ISIC2019_CLASSES}}
+"""Operating-point names -> the classes whose probabilities are summed into its score."""
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, np.float64) / temperature
+    e = np.exp(z - z.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the true classes."""
+    z = np.asarray(logits, np.float64) / temperature
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T in [0.05, 20] that minimises validation NLL of softmax(logits / T)."""
+    from scipy.optimize import minimize_scalar
+
+    bounds = (math.log(0.05), math.log(20))
+    res = minimize_scalar(lambda t: nll(logits, y, math.exp(t)), bounds=bounds, method="bounded")
+    return float(math.exp(res.x))
+
+
+def rule_scores(probs: np.ndarray, classes: list[str], members: list[str]) -> np.ndarray:
+    """Score of an operating point: the summed probability of its member classes the model has."""
+    idx = [classes.index(c) for c in members if c in classes]
+    return probs[:, idx].sum(1) if idx else np.zeros(len(probs), np.float32)
+
+
+def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: float) -> tuple[float, float, float]:
+    """(threshold, sensitivity, specificity): the highest threshold whose sensitivity (scores >= threshold among
+    positives) reaches `target`, i.e. the most specific rule that meets it."""
+    pos = np.sort(np.asarray(scores)[positive])[::-1]
+    neg = np.asarray(scores)[~positive]
+    if not len(pos):
+        raise ValueError("no positives to choose a threshold on")
+    k = max(1, math.ceil(target * len(pos) - 1e-9))
+    t = float(pos[k - 1])
+    return t, float((pos >= t).mean()), float((neg < t).mean()) if len(neg) else float("nan")
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """Flag an image when any operating point's score reaches its threshold.
+
+    points: name -> (member classes, threshold); source: where the thresholds came from (`card`, `config`,
+    `default`). Rows record the points that fired (`describe(fired)`), or the whole rule when none did."""
+
+    points: dict[str, tuple[tuple[str, ...], float]]
+    source: str
+
+    def describe(self, names: list[str] | None = None) -> str:
+        names = list(self.points) if names is None else names
+        parts = [f"P({'+'.join(self.points[n][0])}) >= {self.points[n][1]:.4g}" for n in names]
+        return " or ".join(parts) + f" [{self.source}]"
+
+    def apply(self, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+        """(flagged [n], per-row rule text: the points that fired, else the whole rule)."""
+        fired = np.zeros((len(probs), len(self.points)), bool)
+        for j, (members, t) in enumerate(self.points.values()):
+            if any(c in classes for c in members):
+                fired[:, j] = rule_scores(probs, classes, list(members)) >= t
+        names = list(self.points)
+        whole = self.describe()
+        text = [self.describe([names[j] for j in np.flatnonzero(f)]) if f.any() else whole for f in fired]
+        return fired.any(1), text
+
+
+def fixed_rule(classes: list[str], threshold: float, source: str) -> FlagRule:
+    """The version-one rule: any of `classes` has probability >= threshold."""
+    return FlagRule({c: ((c,), float(threshold)) for c in classes}, source)
+
+
+def card_rule(card, fixed_classes: list[str] | None = None) -> FlagRule:
+    """The bundle's operating points; without any, the version-one rule at 0.5 (said in the rule's source)."""
+    if card.operating_points:
+        return FlagRule({n: (tuple(p.classes), p.threshold) for n, p in card.operating_points.items()}, "card")
+    classes = fixed_classes or MALIGNANT_ORDERED
+    return fixed_rule([c for c in classes if c in card.class_names] or classes, 0.5, "default 0.5: no card points")
+
+
+def screening_rule(card, threshold: float | None, classes: list[str]) -> FlagRule:
+    """What the screening job flags with: a configured fixed threshold overrides the card's operating points."""
+    return fixed_rule(classes, threshold, "config") if threshold is not None else card_rule(card, classes)

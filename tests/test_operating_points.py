@@ -1,0 +1,232 @@
+"""Calibration, operating points chosen on validation only, intervals resampled by lesion, and a screening flag
+that follows the model card."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from skinscan.evaluation.metrics import bootstrap_ci, screening_rates, weighted_auc
+from skinscan.models import calibration as cal
+
+
+def _overconfident(n=2000, k=4, sharpen=4.0, seed=0):
+    """Labels drawn from softmax(z); the model reports sharpen * z: right ranking, far too sure."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k)) * 1.5
+    p = cal.softmax(z)
+    y = np.array([rng.choice(k, p=row / row.sum()) for row in p])
+    return sharpen * z, y
+
+
+def test_temperature_scaling_lowers_nll_and_keeps_argmax():
+    logits, y = _overconfident()
+    t = cal.fit_temperature(logits, y)
+    assert 3.0 < t < 5.5  # it finds the sharpening
+    assert cal.nll(logits, y, t) < cal.nll(logits, y) - 0.1
+    assert (cal.softmax(logits, t).argmax(1) == cal.softmax(logits).argmax(1)).all()
+
+
+def test_threshold_is_the_most_specific_reaching_the_target():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    positive = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 0], bool)
+    t, sens, spec = cal.threshold_for_sensitivity(scores, positive, 0.8)  # 4 of 5 positives
+    assert t == 0.4 and sens == 0.8 and spec == pytest.approx(3 / 5)
+    assert cal.threshold_for_sensitivity(scores, positive, 1.0)[0] == 0.1
+
+
+def test_weighted_auc_equals_sklearn_and_repeated_rows():
+    rng = np.random.default_rng(0)
+    pos = rng.random(300) < 0.2
+    s = np.round(rng.random(300) + pos * 0.3, 2)  # ties included
+    assert weighted_auc(pos, s)() == pytest.approx(roc_auc_score(pos, s), abs=1e-12)
+    w = rng.integers(0, 4, 300).astype(float)
+    rep = np.repeat(np.arange(300), w.astype(int))
+    assert weighted_auc(pos, s)(w) == pytest.approx(roc_auc_score(pos[rep], s[rep]), abs=1e-12)
+
+
+def test_bootstrap_resamples_lesions_not_images():
+    """The same rows: five images per lesion give a wider interval than unique lesions (honest: the five images of
+    one lesion are one piece of evidence)."""
+    rng = np.random.default_rng(1)
+    lesions = 60
+    pos = np.repeat(rng.random(lesions) < 0.5, 5)
+    flagged = np.repeat(rng.random(lesions) < 0.7, 5) & pos | np.repeat(rng.random(lesions) < 0.2, 5) & ~pos
+    grouped = np.repeat(np.arange(lesions), 5)
+    unique = np.arange(len(pos))
+
+    def stat(w):
+        return {"sens": screening_rates(flagged, pos, w)["sensitivity"]}
+
+    g = bootstrap_ci(stat, grouped, reps=800)["sens"]
+    u = bootstrap_ci(stat, unique, reps=800)["sens"]
+    assert g[0] <= stat(None)["sens"] <= g[1]
+    assert (g[1] - g[0]) > 1.6 * (u[1] - u[0])  # ~sqrt(5) wider
+
+
+def _labelled_images(root: Path, n: int, seed: int = 0) -> pd.DataFrame:
+    from skinscan.data.synth import render
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = ["MEL", "NV", "BCC", "BKL"][i % 4]
+        path = root / f"img_{i:04d}.jpg"
+        Image.fromarray(render(label, 64, rng)[0]).save(path)
+        rows.append(
+            {
+                "image_id": path.stem,
+                "uri": str(path),
+                "label": label,
+                "lesion_id": f"L{i // 2}",
+                "split": "val" if i < n // 2 else "test",
+                "age": 30 + 10 * (i % 5),
+                "sex": ["male", "female"][i % 2],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def overconfident_bundle(tmp_path_factory, tiny_bundles):
+    """The tiny random-init Swin with its head scaled by 30: deliberately over-confident."""
+    from safetensors.torch import load_file, save_file
+
+    from skinscan.models.bundle import _write_card as write_card
+    from skinscan.models.bundle import file_sha256, read_card
+
+    root = tmp_path_factory.mktemp("cal")
+    bundle = root / "swin"
+    shutil.copytree(tiny_bundles["swin"], bundle)
+    state = load_file(str(bundle / "model.safetensors"))
+    for k in state:
+        if k.startswith("head"):
+            state[k] = state[k] * 30
+    save_file(state, str(bundle / "model.safetensors"))
+    card = read_card(bundle)
+    card.exports.clear()
+    write_card(bundle, card.model_copy(update={"weights_sha256": file_sha256(bundle / "model.safetensors")}))
+    data = _labelled_images(root / "images", 96)
+    data.to_parquet(root / "manifest.parquet")
+    return bundle, root / "manifest.parquet"
+
+
+def _calibrate(bundle: Path, manifest: Path, split: str = "val"):
+    from skinscan.config import CalibrateConfig
+    from skinscan.evaluation.calibrate import run
+
+    return run(CalibrateConfig(model=str(bundle), data=str(manifest), split=split, bootstrap=200))
+
+
+def test_calibrate_fits_temperature_and_points_on_validation_only(overconfident_bundle, tmp_path):
+    bundle, manifest = overconfident_bundle
+    a = tmp_path / "a"
+    shutil.copytree(bundle, a)
+    card = _calibrate(a, manifest)
+    assert card.calibration.temperature > 1.5  # over-confident: it softens
+    assert card.calibration.nll_after < card.calibration.nll_before
+    assert set(card.operating_points) == {"MEL", "malignant"}
+    for p in card.operating_points.values():
+        assert p.val_sensitivity >= p.target_sensitivity and p.chosen_on.endswith("split val")
+    # shuffled test labels (and test images' metadata) change nothing: the points come from validation alone
+    df = pd.read_parquet(manifest)
+    test = df["split"] == "test"
+    df.loc[test, "label"] = df.loc[test, "label"].sample(frac=1, random_state=3).to_numpy()
+    shuffled = tmp_path / "shuffled.parquet"
+    df.to_parquet(shuffled)
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    again = _calibrate(b, shuffled)
+    assert {k: v.threshold for k, v in again.operating_points.items()} == {
+        k: v.threshold for k, v in card.operating_points.items()
+    }
+    assert again.calibration.temperature == card.calibration.temperature
+
+
+def test_calibrate_refuses_the_test_split_in_one_line(overconfident_bundle, tmp_path):
+    bundle, manifest = overconfident_bundle
+    a = tmp_path / "a"
+    shutil.copytree(bundle, a)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skinscan.cli",
+            "calibrate",
+            "--model",
+            str(a),
+            "--data",
+            str(manifest),
+            "--split",
+            "test",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "validation only" in r.stderr
+
+
+def test_evaluate_reports_the_operating_point_with_intervals_and_subgroups(overconfident_bundle, tmp_path):
+    from skinscan.evaluation.classifier import evaluate
+
+    bundle, manifest = overconfident_bundle
+    a = tmp_path / "a"
+    shutil.copytree(bundle, a)
+    card = _calibrate(a, manifest)
+    r = evaluate(a, str(manifest), tmp_path / "ev", split="test", backend="torch", progress=False, bootstrap=200)
+    op = r["operating_point"]
+    assert op["rule"].endswith("[card]") and set(op["points"]) == {"MEL", "malignant", "flag"}
+    for p in op["points"].values():
+        lo, hi = p["sensitivity"]["ci"]
+        assert lo <= p["sensitivity"]["value"] <= hi
+    assert r["calibration"]["temperature"] == card.calibration.temperature
+    assert {row["attribute"] for row in r["subgroups"]} == {"age", "sex"}
+    small = [row["small"] for row in r["subgroups"]]
+    assert small == [row["flag"]["positives"] < 20 for row in r["subgroups"]] and any(small) and not all(small)
+    assert sum(row["n"] for row in r["subgroups"] if row["attribute"] == "sex") == r["n_images"]
+    md = (tmp_path / "ev" / "evaluation.md").read_text()
+    assert md.index("## Operating point") < md.index("## All figures")
+    assert "referrals per 1,000" in md and "Skin type" in md
+    assert (tmp_path / "ev" / "reliability_uncalibrated.png").stat().st_size > 0
+
+
+def test_screening_flag_follows_the_card(overconfident_bundle, tmp_path):
+    from skinscan.models.bundle import Calibration, OperatingPoint, record_calibration
+    from skinscan.screening.stages import ClassifyStage, decode_batch
+
+    bundle, manifest = overconfident_bundle
+    a = tmp_path / "a"
+    shutil.copytree(bundle, a)
+    uris = pd.read_parquet(manifest)["uri"].tolist()[:24]
+    batch = decode_batch({"uri": np.array(uris, object), "image_id": np.array(uris, object)}, 64, 0, 10**8)
+    kw = {"backend": "torch", "explain": "none", "threads": 1, "thumbnails": "none"}
+    base = ClassifyStage(str(a), **kw)({k: v.copy() for k, v in batch.items()})
+    t = float(np.median(base["prob_MEL"]))
+    point = OperatingPoint(
+        classes=["MEL"],
+        threshold=t,
+        target_sensitivity=0.9,
+        chosen_on="test",
+        val_sensitivity=0.9,
+        val_specificity=0.5,
+        val_positives=10,
+        val_negatives=10,
+        val_referrals_per_1000=500,
+    )
+    none = Calibration(temperature=1.0, fitted_on="-", n=0, nll_before=0, nll_after=0, ece_before=0, ece_after=0)
+    record_calibration(a, none, {"MEL": point})
+    out = ClassifyStage(str(a), **kw)({k: v.copy() for k, v in batch.items()})
+    expect = out["prob_MEL"] >= t
+    assert 0 < expect.sum() < len(expect)
+    assert (out["flagged"] == expect).all()
+    assert all(r == f"P(MEL) >= {t:.4g} [card]" for r in out["flag_rule"])
+    # a configured threshold overrides the card, and says so
+    fixed = ClassifyStage(str(a), threshold=1.0, **kw)({k: v.copy() for k, v in batch.items()})
+    assert not fixed["flagged"].any() and fixed["flag_rule"][0].endswith("[config]")
