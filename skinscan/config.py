@@ -273,9 +273,15 @@ class ScreenConfig(Section):
     classify: StageConfig = Field(default_factory=lambda: StageConfig(threads=2))
     explainer: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=8, threads=2))
     gpu_decode: bool = False  # nvJPEG through torchvision.io when a GPU is present
-    max_pixels: int = Field(100_000_000, ge=1)
+    max_pixels: int = Field(100_000_000, ge=1)  # checked from the header, before any decoder (GPU included)
+    max_input_bytes: int = Field(256 * 2**20, ge=1)  # per input, checked while reading (archive members included)
+    # URI schemes an input may use (a manifest's `uri` values included); add http/https only for trusted manifests
+    allowed_schemes: list[str] = Field(default_factory=lambda: ["file", "zip", "tar", "s3", "gs"])
     rows_per_part: int = Field(256, ge=1)  # rows per Parquet part file
     resume: bool = True  # skip inputs already written to `output`
+    force_mixed: bool = False  # add rows to an output made with another model/backend/explain/flag configuration
+    prune_stale: bool = False  # remove rows whose input is no longer listed (rewriting only the parts holding them)
+    connect_timeout_s: float = Field(30.0, gt=0)  # give up reaching a Ray cluster (`--address`) after this long
     progress: bool = True
 
 

@@ -18,6 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", choices=["all", "flagged", "none"])
     p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--connect-timeout", type=float, help="seconds to reach the cluster before giving up (30)")
+    p.add_argument(
+        "--force-mixed", action="store_true", help="add rows to an output made with another model or configuration"
+    )
+    p.add_argument("--prune-stale", action="store_true", help="remove rows whose input is no longer listed")
     p.set_defaults(func=cmd_screen)
 
     r = sub.add_parser("report", help="one self-contained HTML page from a screening output folder")
@@ -35,6 +40,9 @@ def cmd_screen(a: argparse.Namespace) -> int:
     for key in ("model", "input", "output", "segmenter", "explain", "backend"):
         if getattr(a, key):
             over.append(f"{key}={getattr(a, key)}")
+    over += [f"{k}=true" for k in ("force_mixed", "prune_stale") if getattr(a, k)]
+    if a.connect_timeout:
+        over.append(f"connect_timeout_s={a.connect_timeout}")
     cfg = load_config(ScreenConfig, a.config, over)
     try:
         summary = run(cfg, ray_address=a.address)

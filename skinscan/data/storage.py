@@ -60,7 +60,8 @@ def split_chained(uri: str) -> tuple[str, str, str] | None:
     for kind in ("zip", "tar"):
         prefix = kind + "://"
         if uri.startswith(prefix) and "::" in uri:
-            member, archive = uri[len(prefix) :].split("::", 1)
+            # the archive is after the last `::`: a member name containing `::` is taken literally
+            member, archive = uri[len(prefix) :].rsplit("::", 1)
             return kind, member, archive
     return None
 
@@ -72,15 +73,24 @@ def _fs_for_archive(archive_uri: str) -> fsspec.AbstractFileSystem:
     return archive_fs(kind[0], archive_uri, kind[1])
 
 
-def read_bytes(uri: str) -> bytes:
-    """All bytes of one file, archive member or object. Raises FileNotFoundError when absent."""
+class TooLarge(Exception):
+    """An input above the byte cap; raised before more than cap + 1 bytes are read."""
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """All bytes of one file, archive member or object. Raises FileNotFoundError when absent, and `TooLarge` past
+    `max_bytes` having read at most one byte more (a zip-bomb member never inflates beyond the cap)."""
     chained = split_chained(uri)
     if chained:
         _, member, archive = chained
-        fs = _fs_for_archive(archive)
-        return fs.cat_file(member)
-    with fsspec.open(uri, "rb") as f:
-        return f.read()
+        f = _fs_for_archive(archive).open(member, "rb")
+    else:
+        f = fsspec.open(uri, "rb").open()
+    with f:
+        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLarge(f"{uri}: larger than the {max_bytes:,}-byte cap per input (screen.max_input_bytes)")
+    return data
 
 
 def exists(uri: str) -> bool:
@@ -93,11 +103,16 @@ def exists(uri: str) -> bool:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write one file or object (folders created as needed); not into archives."""
+    """Write one file or object atomically (folders created as needed; temporary file + rename locally, one PUT on
+    object stores): a reader sees the old bytes or the new, never a part. Not into archives."""
+    if not is_remote(uri):
+        path = Path(normalize(uri).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_local_atomic(path, data)
+        return
     fs, path = fsspec.core.url_to_fs(normalize(uri))
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(data)
+    fs.pipe_file(path, data)
 
 
 def is_dir(uri: str) -> bool:
@@ -137,7 +152,14 @@ def list_files(uri: str, include_sidecars: bool = False, recursive: bool = True)
         return [uri]
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     out = []
-    names = fs.find(path) if recursive else [i["name"] for i in fs.ls(path, detail=True) if i["type"] == "file"]
+    if recursive:
+        names = fs.find(path)
+    else:  # symbolic links to files are listed too (as `find` lists them); screening decides whether to read them
+        names = [
+            i["name"]
+            for i in fs.ls(path, detail=True)
+            if i["type"] == "file" or (i.get("islink") and os.path.isfile(i["name"]))
+        ]
     for name in names:
         if not _keep(name, include_sidecars):
             continue
@@ -243,3 +265,27 @@ def storage_env() -> dict[str, str]:
     import os
 
     return {k: os.environ[k] for k in STORAGE_SETTINGS if k in os.environ}
+
+
+DEFAULT_SCHEMES = ("file", "zip", "tar", "s3", "gs")
+"""URI schemes a screening input may use unless the config allows more (http(s) only when asked: a manifest author
+must not make the workers send requests on their behalf)."""
+
+
+def scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def refused(uri: str, allowed_schemes=DEFAULT_SCHEMES, root: str | None = None) -> str | None:
+    """Why an input URI must not be read, or None: a scheme (of the URI or of its archive) outside
+    `allowed_schemes`, or, for a folder input (`root`), a local path whose real location (symlinks followed) lies
+    outside the root's."""
+    chained = split_chained(uri)
+    for part in (uri, chained[2]) if chained else (uri,):
+        if scheme(part) not in allowed_schemes:
+            return f"URI scheme {scheme(part)!r} is not allowed (screen.allowed_schemes: {', '.join(allowed_schemes)})"
+    if root and not is_remote(uri) and not chained:
+        real, top = os.path.realpath(uri.removeprefix("file://")), os.path.realpath(root)
+        if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+            return "a symbolic link to a file outside the input folder"
+    return None

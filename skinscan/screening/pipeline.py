@@ -6,16 +6,16 @@ and the summary, never the result rows themselves."""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from skinscan.config import ScreenConfig, save_config
+from skinscan.config import ScreenConfig
 from skinscan.errors import ConfigError, DataError, SkinScanError
-from skinscan.screening.writer import done_keys, list_parts, read_results, uri_keys, write_batch
+from skinscan.ray_connect import connect, quiet_stderr
+from skinscan.screening.output import check_and_record, check_writable, record_summary
+from skinscan.screening.writer import done_keys, list_parts, prune_stale, read_results, uri_keys, write_batch
 
 WRITE_CPUS = 0.25  # a write task converts and uploads one part: mostly I/O
 
@@ -35,6 +35,22 @@ def _check_models(cfg: ScreenConfig) -> None:
         raise ConfigError(f"segmenter {cfg.segmenter} is not a segmentation bundle")
     if cfg.crop_to_lesion and not cfg.segmenter:
         raise ConfigError("crop_to_lesion needs a segmenter")
+
+
+def _local_ray(address: str | None) -> bool:
+    import os
+
+    return not (address or os.environ.get("RAY_ADDRESS")) or (address or "").startswith("local")
+
+
+def _check_backend(cfg: ScreenConfig, address: str | None) -> None:
+    """The backend's engine files exist and match the card; on a local Ray, its library is importable here too
+    (on a cluster the workers may have what the driver lacks)."""
+    if cfg.backend == "tensorrt":
+        from skinscan.runtime.tensorrt import require_tensorrt
+
+        if _local_ray(address):
+            require_tensorrt()
 
 
 def _prepare_onnx(cfg: ScreenConfig) -> None:
@@ -109,12 +125,13 @@ def summarize(
 
 
 def steady_rate(arrivals: list[tuple[float, int]], skip: float = 0.1) -> float | None:
-    """Rows per second after the first `skip` share of the rows; None when too few batches arrived after it."""
+    """Rows per second after the first `skip` share of the rows; None when too few batches arrived after it or
+    they arrived within a fifth of the run (a burst of parts finishing together is not a rate)."""
     total = arrivals[-1][1]
     k = next(i for i, (_, rows) in enumerate(arrivals) if rows >= max(arrivals[0][1], skip * total))
     (t_a, r_a), (t_b, r_b) = arrivals[k], arrivals[-1]
-    if len(arrivals) - k < 3 or t_b <= t_a:
-        return None
+    if len(arrivals) - k < 3 or t_b - t_a < max(1.0, 0.2 * t_b):
+        return None  # too few batches, or a burst: rows that arrive together give no rate
     return round((r_b - r_a) / (t_b - t_a), 2)
 
 
@@ -150,6 +167,10 @@ def _count_task(output: str, refs: list) -> dict:
     return count_results(output, _input_keys(refs))
 
 
+def _prune_task(output: str, refs: list) -> dict:
+    return prune_stale(output, _input_keys(refs))
+
+
 def explain_in_pool(cfg: ScreenConfig) -> bool:
     """Whether explanations run in their own actor pool: always for methods that need the model again (Grad-CAM
     family, attention), for the fast CAM only when `explain_placement` says so."""
@@ -158,6 +179,16 @@ def explain_in_pool(cfg: ScreenConfig) -> bool:
     if cfg.explain == "none":
         return False
     return get_method(cfg.explain_method).needs != "features" or cfg.explain_placement == "pool"
+
+
+def _folder_root(uri: str) -> str | None:
+    """The local folder an input is, if it is one: symbolic links may not lead out of it."""
+    import os
+
+    from skinscan.data import storage
+
+    path = storage.normalize(uri)
+    return path if not storage.is_remote(path) and os.path.isdir(path) else None
 
 
 def build_dataset(cfg: ScreenConfig, inputs, done=None):
@@ -188,6 +219,9 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
             "thumb_size": cfg.thumbnail_size if cfg.thumbnails != "none" else 0,
             "max_pixels": cfg.max_pixels,
             "gpu_decode": cfg.gpu_decode,
+            "max_bytes": cfg.max_input_bytes,
+            "allowed_schemes": tuple(cfg.allowed_schemes),
+            "input_root": _folder_root(cfg.input),
         },
         num_gpus=cfg.decode.num_gpus or None,
     )
@@ -267,7 +301,7 @@ def _warn_if_tasks_starve(cfg: ScreenConfig) -> None:
     pools += [cfg.explainer] if explain_in_pool(cfg) else []
     held = sum(p.num_cpus * p.pool[0] for p in pools)
     total = ray.cluster_resources().get("CPU", 0.0)
-    if total and held + cfg.decode.num_cpus + WRITE_CPUS > total + 1e-9:
+    if total and held + max(cfg.decode.num_cpus, WRITE_CPUS) > total + 1e-9:
         print(
             f"[screen] warning: the actor pools hold {held:g} of the cluster's {total:g} CPUs, leaving less than "
             f"decode ({cfg.decode.num_cpus:g}) and write ({WRITE_CPUS:g}) tasks need: the run may stall until "
@@ -296,14 +330,19 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
 
     if not cfg.input:
         raise ConfigError("config key input: give an archive, folder or manifest (--input)")
+    # everything a user can get wrong is checked here, before Ray starts: one line each
     _check_models(cfg)
+    _check_backend(cfg, ray_address)
+    check_writable(cfg.output)
     units = plan_units(cfg.input)
-    earlier = bool(list_parts(cfg.output))
+    try:
+        earlier = bool(list_parts(cfg.output))
+    except PermissionError:
+        raise ConfigError(f"output {cfg.output}: permission denied") from None
     if earlier and not cfg.resume:
         raise SkinScanError(f"{cfg.output} already holds results; use resume=true or another output")
-    save_config(cfg, cfg.output if "://" not in cfg.output else ".", "screen_config.yaml")
-    if not ray.is_initialized():
-        ray.init(address=ray_address, configure_logging=False, log_to_driver=False)
+    check_and_record(cfg, earlier, cfg.force_mixed)
+    connect(ray_address, cfg.connect_timeout_s)
     _warn_if_tasks_starve(cfg)
     env = storage_env()
     t_list = time.time()
@@ -317,6 +356,13 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
         raise DataError(f"{cfg.input}: no input files")
     refs = listing.to_arrow_refs()  # ObjectRefs only: the list itself stays in the object store
     inputs = ray.data.from_arrow_refs(refs)  # one block per chunk (a read task's blocks would travel as one bundle)
+    if earlier and cfg.prune_stale:  # in a task, like the resume index: the driver reads no result rows
+        pruned = ray.get(_task(_prune_task, env).remote(cfg.output, refs))
+        print(
+            f"[screen] pruned {pruned['rows']} stale rows from {pruned['parts']} parts"
+            + (f" (e.g. {', '.join(pruned['examples'])})" if pruned["examples"] else ""),
+            flush=True,
+        )
     done, n_done = None, 0
     if earlier:  # the resume index is built in a task and reaches the read tasks through the object store
         done, n_done_ref = _task(_done_task, env, num_returns=2).remote(cfg.output, refs)
@@ -332,17 +378,26 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     if n_done < n_inputs:
         _prepare_onnx(cfg)
         ds = build_dataset(cfg, inputs, done)
-        bar = tqdm(total=n_inputs, initial=n_done, desc="screen (rows written)", unit="img", disable=not cfg.progress)
-        try:
-            for counts in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                n = int(counts["rows"].sum())
-                written += n
-                bar.update(n)
-                arrivals.append((time.time() - t0, written))
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            bar.close()
+        # Ray's own lines during the run (actor notices, executor logs) go to the session's log, the bar to the user
+        with quiet_stderr() as terminal:
+            bar = tqdm(
+                total=n_inputs,
+                initial=n_done,
+                desc="screen (rows written)",
+                unit="img",
+                disable=not cfg.progress,
+                file=terminal,
+            )
+            try:
+                for counts in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                    n = int(counts["rows"].sum())
+                    written += n
+                    bar.update(n)
+                    arrivals.append((time.time() - t0, written))
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                bar.close()
     wall = time.time() - t0
     counts = ray.get(_task(_count_task, env).remote(cfg.output, refs))
     summary = summarize(cfg.output, wall, written, counts, arrivals)
@@ -356,8 +411,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
             "flag": flag_summary(cfg),
         }
     )
-    if "://" not in cfg.output:
-        (Path(cfg.output) / "summary.json").write_text(json.dumps(summary, indent=2))
+    record_summary(cfg.output, summary)
     if interrupted:
         raise KeyboardInterrupt(f"{written} rows written this run; rerun the same command to resume")
     return summary

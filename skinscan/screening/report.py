@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +136,7 @@ def _operating_point(flag: dict, rule: str, s: dict) -> str:
 
 
 def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path:
+    from skinscan.screening.output import read_summary
     from skinscan.screening.pipeline import count_results
 
     light = [f.name for f in SCHEMA if f.name not in HEAVY_COLUMNS]
@@ -166,8 +166,7 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
         for k in ("t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms")
         if k in ok and ok[k].notna().any()
     }
-    summary_path = Path(output) / "summary.json"
-    run = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    run = read_summary(output)
     unflagged = ok.loc[~ok["flagged"], "flag_rule"].dropna()
     rule = run.get("flag", {}).get("rule") or (unflagged.iloc[0] if len(unflagged) else "-")
     speed = f"{run['images_per_s']} images/s in the last run" if run.get("images_per_s") else ""

@@ -16,6 +16,7 @@ from PIL import Image
 
 from skinscan.data.imageio import decode_image, resize_square
 from skinscan.data.preprocess import normalize_batch
+from skinscan.data.storage import DEFAULT_SCHEMES
 from skinscan.data.taxonomy import ISIC2019_CLASSES
 from skinscan.errors import ImageDecodeError
 from skinscan.explain.encode import encode_map
@@ -50,11 +51,33 @@ def gpu_decode_jpegs(datas: list[bytes], size: int) -> list[np.ndarray | None]:
     return out
 
 
-def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, gpu_decode: bool = False) -> dict:
+def _header_size(data: bytes, uri: str, max_pixels: int) -> tuple[int, int] | None:
+    """(width, height) from the image header alone, None when the header does not parse (the CPU decoder then
+    gives the precise error); the pixel limit is enforced here, before any decoder runs."""
+    try:
+        w, h = Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001
+        return None
+    if w * h > max_pixels:
+        raise ImageDecodeError(uri, "too_large", f"{w}x{h} exceeds {max_pixels} pixels")
+    return w, h
+
+
+def decode_batch(
+    batch: dict,
+    work_size: int,
+    thumb_size: int,
+    max_pixels: int,
+    gpu_decode: bool = False,
+    max_bytes: int | None = None,
+    allowed_schemes=DEFAULT_SCHEMES,
+    input_root: str | None = None,
+) -> dict:
     """Read bytes, hash, decode (JPEG draft mode to `work_size`, or nvJPEG on the GPU), resize; failures become
-    error rows. `thumb_size` 0: no thumbnails. GPU decoding skips EXIF orientation and the pixel limit check only
-    for files it decodes itself."""
-    from skinscan.data.storage import read_bytes
+    error rows. `thumb_size` 0: no thumbnails. Before anything is read: the URI's scheme and, for a folder input
+    (`input_root`), where a symbolic link leads; while reading: `max_bytes`; before any decoder (GPU included): the
+    pixel count from the header. GPU decoding skips EXIF orientation."""
+    from skinscan.data.storage import TooLarge, read_bytes, refused
 
     uris = list(batch["uri"])
     n = len(uris)
@@ -62,11 +85,16 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
     work = np.zeros((n, work_size, work_size, 3), np.uint8)
     thumb = np.zeros((n, thumb_size, thumb_size, 3), np.uint8) if thumb_size else None
     sha, status, etype, emsg = [None] * n, ["ok"] * n, [None] * n, [None] * n
-    width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    width, height = np.full(n, np.nan), np.full(n, np.nan)  # null in error rows
     datas: list = [None] * n
     for i, uri in enumerate(uris):
+        why = refused(uri, allowed_schemes, input_root)
         try:
-            datas[i] = read_bytes(uri)
+            if why:
+                raise ImageDecodeError(uri, "refused", why)
+            datas[i] = read_bytes(uri, max_bytes)
+        except TooLarge as err:
+            datas[i] = ImageDecodeError(uri, "too_large", str(err).split(": ", 1)[-1])
         except Exception as err:  # noqa: BLE001 - recorded as an error row below
             datas[i] = err
     gpu: list = [None] * n
@@ -74,7 +102,18 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
         import torch
 
         if torch.cuda.is_available():
-            gpu = gpu_decode_jpegs([d if isinstance(d, bytes) else b"" for d in datas], work_size)
+            to_gpu = [b""] * n
+            for i, d in enumerate(datas):
+                if isinstance(d, bytes):
+                    try:
+                        size = _header_size(d, uris[i], max_pixels)
+                    except ImageDecodeError as err:
+                        datas[i] = err
+                        continue
+                    if size is not None:
+                        width[i], height[i] = size
+                        to_gpu[i] = d
+            gpu = gpu_decode_jpegs(to_gpu, work_size)
     for i, uri in enumerate(uris):
         try:
             data = datas[i]
@@ -85,7 +124,6 @@ def decode_batch(batch: dict, work_size: int, thumb_size: int, max_pixels: int, 
                 work[i] = gpu[i]
                 if thumb is not None:
                     thumb[i] = resize_square(Image.fromarray(gpu[i]), thumb_size)
-                width[i] = height[i] = 0  # unknown without a header parse; the CPU path records it
                 continue
             im = decode_image(data, uri, max_pixels=max_pixels, draft_size=work_size)
             width[i], height[i] = im.info.get("original_size", im.size)

@@ -123,3 +123,24 @@ def to_table(batch: dict) -> pa.Table:
     now = np.datetime64("now", "ms")
     cols["screened_at"] = pa.array(np.full(n, now), type=pa.timestamp("ms", tz="UTC"))
     return pa.table(cols, schema=SCHEMA)
+
+
+def prune_stale(output: str, input_keys: np.ndarray) -> dict:
+    """Remove the rows whose input is no longer listed, rewriting only the parts that hold them: the kept rows go
+    to a new part (named after them, written atomically) before the old part is deleted, so an interruption can
+    leave a kept row twice (reported as a duplicate; pruning again fixes it) but never loses one."""
+    fs, _ = _fs(output)
+    inputs = np.unique(np.asarray(input_keys, np.uint64))
+    rows, parts, examples = 0, 0, []
+    for part in list_parts(output):
+        uris = pq.read_table(part, columns=["uri"], filesystem=fs).column("uri").to_pylist()
+        keep = np.isin(uri_keys(uris), inputs)
+        if keep.all():
+            continue
+        examples += [u for u, k in zip(uris, keep) if not k][: 3 - len(examples)]
+        kept = pq.read_table(part, filesystem=fs).filter(pa.array(keep))
+        if kept.num_rows:
+            write_part(output, kept)
+        fs.rm(part)
+        rows, parts = rows + int((~keep).sum()), parts + 1
+    return {"rows": rows, "parts": parts, "examples": examples}

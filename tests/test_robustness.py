@@ -1,0 +1,253 @@
+"""Robustness as an adversarial user meets it: resume that refuses to mix results, stale rows named and pruned,
+one-line errors before Ray starts, bounded waits, output metadata on every filesystem, untrusted input capped."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skinscan.config import ScreenConfig, validate
+from skinscan.screening.pipeline import screen, steady_rate
+from skinscan.screening.writer import read_results
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from tests.conftest import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("robust") / "cls")
+
+
+def _jpeg(i: int, size: int = 48) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(i)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _folder(root: Path, n: int = 6) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"img_{i}.jpg").write_bytes(_jpeg(i))
+    return root
+
+
+def _cfg(model, inp, out, **kw) -> ScreenConfig:
+    base = {
+        "model": str(model),
+        "input": str(inp),
+        "output": str(out),
+        "explain": "none",
+        "thumbnails": "none",
+        "progress": False,
+        "decode": {"batch_size": 4},
+        "classify": {"batch_size": 8, "threads": 1},
+        "rows_per_part": 3,
+    }
+    base.update(kw)
+    return validate(ScreenConfig, base)
+
+
+def _cli(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "skinscan.cli", "screen", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def _one_line(r: subprocess.CompletedProcess, *words: str) -> None:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("skinscan: error: "), r.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_a_rerun_with_another_configuration_is_refused_naming_what_differs(bundle, ray_local, tmp_path):
+    inp = _folder(tmp_path / "in")
+    out = tmp_path / "out"
+    screen(_cfg(bundle, inp, out, explain="flagged", thumbnails="flagged"))
+    before = read_results(str(out), ["uri", "backend"]).to_pandas()
+    meta = json.loads((out / "skinscan_output.json").read_text())
+    assert len(meta["makers"]) == 1 and meta["makers"][0]["backend"] == "onnxruntime"
+    r = _cli("--model", bundle, "--input", inp, "--output", out, "--backend", "torch", "--explain", "none")
+    _one_line(r, "holds rows made otherwise", "backend: 'onnxruntime' -> 'torch'", "explain", "--force-mixed")
+    after = read_results(str(out), ["uri", "backend"]).to_pandas()
+    assert after.sort_values("uri").equals(before.sort_values("uri"))  # nothing written, nothing lost
+    assert "onnxruntime" in (out / "screen_config.yaml").read_text()  # still describes the rows
+    # an explicit --force-mixed adds this configuration; every row still says what made it
+    (inp / "img_new.jpg").write_bytes(_jpeg(99))
+    s = screen(_cfg(bundle, inp, out, backend="torch", force_mixed=True))
+    rows = read_results(str(out), ["uri", "backend"]).to_pandas()
+    assert s["complete"] and len(rows) == 7 and rows["uri"].is_unique
+    assert rows.set_index("uri")["backend"].to_dict()[str(inp / "img_new.jpg")] == "torch"
+    assert json.loads((out / "skinscan_output.json").read_text())["mixed"] is True
+
+
+def test_stale_rows_are_named_not_fatal_and_pruned(bundle, ray_local, tmp_path):
+    inp = _folder(tmp_path / "in")
+    out = tmp_path / "out"
+    screen(_cfg(bundle, inp, out))
+    (inp / "img_2.jpg").unlink()
+    s = screen(_cfg(bundle, inp, out))
+    assert s["complete"] and s["stale"] == 1 and s["stale_examples"] == [str(inp / "img_2.jpg")]
+    parts_before = sorted(p.name for p in (out / "results").iterdir())
+    s = screen(_cfg(bundle, inp, out, prune_stale=True))
+    t = read_results(str(out), ["uri"]).to_pandas()
+    assert (
+        s["complete"]
+        and s["stale"] == 0
+        and s["rows"] == 5
+        and sorted(t["uri"]) == sorted(str(p) for p in inp.iterdir())
+    )
+    parts_after = sorted(p.name for p in (out / "results").iterdir())
+    assert len(set(parts_before) - set(parts_after)) == 1  # only the part that held the stale row was rewritten
+    lines = (out / "summaries.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # every run appended
+
+
+def test_user_mistakes_are_one_line_before_ray_starts(bundle, tmp_path):
+    inp = _folder(tmp_path / "in", 2)
+    (tmp_path / "afile").write_text("x")
+    t0 = time.time()
+    _one_line(_cli("--model", bundle, "--input", inp, "--output", tmp_path / "afile"), "is a file")
+    _one_line(_cli("--model", bundle, "--input", inp, "--output", tmp_path / "afile" / "out"), "which is a file")
+    _one_line(_cli("--model", bundle, "--input", inp, "--output", tmp_path / "o", "--backend", "tensorrt"), "TensorRT")
+    _one_line(
+        _cli("--model", bundle, "--input", inp, "--output", tmp_path / "o", "--address", "127.0.0.1:1"),
+        "cannot reach a Ray cluster at 127.0.0.1:1",
+    )
+    _one_line(_cli("--model", tmp_path / "nobundle", "--input", inp, "--output", tmp_path / "o"), "not a model bundle")
+    assert time.time() - t0 < 90  # no waits: every check fails fast
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        _one_line(_cli("--model", bundle, "--input", inp, "--output", locked / "out"), "permission denied")
+
+
+def test_output_metadata_and_summaries_on_s3(s3_server, bundle, tmp_path, monkeypatch, ray_local):
+    from conftest import use_s3
+
+    endpoint, fs = s3_server
+    use_s3(monkeypatch, endpoint)
+    inp = _folder(tmp_path / "in", 4)
+    out = "s3://skinscan-test/robust-out"
+    monkeypatch.chdir(tmp_path)
+    screen(_cfg(bundle, inp, out))
+    first = json.loads(fs.cat_file("skinscan-test/robust-out/summary.json"))
+    screen(_cfg(bundle, inp, out))  # nothing to do: summary.json keeps the run that screened rows
+    for name in ("skinscan_output.json", "screen_config.yaml", "summary.json", "summaries.jsonl"):
+        assert fs.exists(f"skinscan-test/robust-out/{name}"), name
+    assert not (tmp_path / "screen_config.yaml").exists()  # nothing written to the current directory
+    assert json.loads(fs.cat_file("skinscan-test/robust-out/summary.json")) == first
+    assert len(fs.cat_file("skinscan-test/robust-out/summaries.jsonl").splitlines()) == 2
+
+
+def test_input_limits(bundle, ray_local, tmp_path):
+    inp = _folder(tmp_path / "in", 2)
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(_jpeg(7))
+    (inp / "link.jpg").symlink_to(outside)
+    (inp / "big.jpg").write_bytes(_jpeg(8, 400))  # a valid JPEG over the byte cap below
+    big = len((inp / "big.jpg").read_bytes())
+    s = screen(_cfg(bundle, inp, tmp_path / "out", max_input_bytes=big - 1))
+    t = read_results(str(tmp_path / "out")).to_pandas().set_index("uri")
+    assert s["rows"] == 4 and s["ok"] == 2
+    assert t.loc[str(inp / "link.jpg"), "error_type"] == "refused"
+    assert "outside the input folder" in t.loc[str(inp / "link.jpg"), "error_message"]
+    assert t.loc[str(inp / "big.jpg"), "error_type"] == "too_large"
+    assert pd.isna(t.loc[str(inp / "big.jpg"), "width"]) and pd.isna(t.loc[str(inp / "big.jpg"), "height"])
+    assert t.loc[str(inp / "img_0.jpg"), "width"] == 48
+
+    # archive: a member over the cap (a zip bomb inflates no further than cap + 1 bytes), a name with `::`
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.jpg", b"\0" * 5_000_000)
+        zf.writestr("odd::name.jpg", _jpeg(3))
+        zf.writestr("fine.jpg", _jpeg(4))
+    s = screen(_cfg(bundle, tmp_path / "a.zip", tmp_path / "out_zip", max_input_bytes=100_000))
+    t = read_results(str(tmp_path / "out_zip")).to_pandas()
+    t["member"] = t["uri"].str.extract(r"^zip://(.*)::[^:]*$")[0]
+    t = t.set_index("member")
+    assert s["rows"] == 3 and t.loc["bomb.jpg", "error_type"] == "too_large"
+    assert t.loc["odd::name.jpg", "status"] == "ok" and t.loc["fine.jpg", "status"] == "ok"
+
+    # manifest URIs: only the allowed schemes are fetched
+    manifest = pd.DataFrame({"image_id": ["a", "b"], "uri": [str(inp / "img_0.jpg"), "http://192.0.2.1/x.jpg"]})
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    s = screen(_cfg(bundle, tmp_path / "m.csv", tmp_path / "out_m"))
+    t = read_results(str(tmp_path / "out_m")).to_pandas().set_index("image_id")
+    assert t.loc["b", "error_type"] == "refused" and "'http'" in t.loc["b", "error_message"]
+    assert t.loc["a", "status"] == "ok"
+
+
+def test_pillow_is_new_enough():
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("pillow").split(".")[:2])
+    assert (major, minor) >= (10, 3)
+    assert "pillow>=10.3" in (ROOT / "pyproject.toml").read_text().lower().replace(" ", "")
+
+
+def test_a_burst_of_parts_gives_no_steady_rate():
+    arrivals = [(30.0 + 0.001 * k, 100 * (k + 1)) for k in range(50)]  # every part lands in 50 ms
+    assert steady_rate(arrivals) is None
+
+
+def test_terminal_is_quiet_and_no_ray_process_outlives_a_killed_driver(bundle, tmp_path):
+    import signal
+
+    import psutil
+
+    inp = _folder(tmp_path / "in", 4)
+    r = _cli("--model", bundle, "--input", inp, "--output", tmp_path / "o1", "--set", "progress=false", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.strip() == "", r.stderr[-2000:]  # Ray's notices, INFO and core-worker lines are in its logs
+    assert "complete: True" in r.stdout
+
+    big = _folder(tmp_path / "big", 400)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "skinscan.cli",
+            "screen",
+            "--model",
+            str(bundle),
+            "--input",
+            str(big),
+            "--output",
+            str(tmp_path / "o2"),
+            "--set",
+            "progress=false",
+            "--set",
+            "classify.batch_size=2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    driver = psutil.Process(proc.pid)
+    deadline = time.time() + 240
+    while not list((tmp_path / "o2" / "results").glob("part-*.parquet")) and time.time() < deadline:
+        time.sleep(0.5)
+    ray_procs = [p for p in driver.children(recursive=True) if "skinscan.ray_connect" not in " ".join(p.cmdline())]
+    assert len(ray_procs) >= 3  # GCS, raylet, workers (and agents) of the run's own Ray
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(ray_procs, timeout=10)
+    assert not alive, [(p.pid, p.name()) for p in alive]
