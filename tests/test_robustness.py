@@ -251,3 +251,34 @@ def test_terminal_is_quiet_and_no_ray_process_outlives_a_killed_driver(bundle, t
     proc.wait()
     gone, alive = psutil.wait_procs(ray_procs, timeout=10)
     assert not alive, [(p.pid, p.name()) for p in alive]
+
+
+def test_pixel_limit_is_checked_before_the_gpu_decoder(monkeypatch, tmp_path):
+    """nvJPEG never sees an image over the pixel limit: the header is read first (the GPU itself is simulated)."""
+    import torch
+
+    from skinscan.screening import stages
+
+    big = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (90, 60, 40)).save(big, "JPEG")
+    (tmp_path / "big.jpg").write_bytes(big.getvalue())
+    (tmp_path / "small.jpg").write_bytes(_jpeg(1, 64))
+    seen = []
+
+    def fake_gpu(datas, size):
+        seen.extend(len(d) for d in datas)
+        return [np.zeros((size, size, 3), np.uint8) if d else None for d in datas]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(stages, "gpu_decode_jpegs", fake_gpu)
+    uris = [str(tmp_path / "big.jpg"), str(tmp_path / "small.jpg")]
+    out = stages.decode_batch(
+        {"uri": np.array(uris, object), "image_id": np.array(["big", "small"], object)},
+        32,
+        0,
+        max_pixels=1_000_000,
+        gpu_decode=True,
+    )
+    assert list(out["status"]) == ["error", "ok"] and out["error_type"][0] == "too_large"
+    assert seen == [0, len(_jpeg(1, 64))]  # the large file's bytes never reached the GPU decoder
+    assert np.isnan(out["width"][0]) and out["width"][1] == 64  # sizes from the header on the GPU path too
