@@ -124,6 +124,9 @@ class TrainConfig(Section):
     # DataLoader processes per training worker (decode + augmentation beside the model); default: all CPUs of
     # the worker but one on GPU workers, none on CPU workers (their CPUs run the model)
     loader_workers: int | None = Field(None, ge=0)
+    # Shades of Gray colour constancy before normalisation (its Minkowski p; 6 is the ISIC winners' choice; None:
+    # off). Recorded in the card's normalisation, so evaluation, explanation and every screening backend apply it too
+    colour_constancy_p: float | None = Field(None, ge=1)
     # classify: after training, fit temperature scaling and choose the operating points on the validation split
     calibrate: bool = True
     flag: FlagTargets = Field(default_factory=FlagTargets)

@@ -7,7 +7,7 @@ import torch
 from torchvision import tv_tensors
 
 from skinscan.data.masks import read_mask
-from skinscan.data.preprocess import load_image
+from skinscan.data.preprocess import IMAGENET, Normalization, load_image
 from skinscan.data.transforms import to_model_input
 
 
@@ -28,6 +28,7 @@ class ImageDataset(torch.utils.data.Dataset):
         mask_uris=None,
         cache: bool = True,
         cache_limit_mb: float | None = None,
+        norm: Normalization = IMAGENET,
     ):
         self.uris = list(uris)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
@@ -35,6 +36,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.load_size, self.transform, self.cache = load_size, transform, cache
         self.cache_limit = None if cache_limit_mb is None else cache_limit_mb * 2**20
         self.cached_bytes = 0
+        self.norm = norm  # the bundle's normalisation (colour constancy included)
         self._img: dict[int, np.ndarray] = {}
         self._mask: dict[int, np.ndarray] = {}
 
@@ -74,9 +76,9 @@ class ImageDataset(torch.utils.data.Dataset):
             mask = tv_tensors.Mask(torch.from_numpy(self.mask(i))[None])
             if self.transform is not None:
                 img, mask = self.transform(img, mask)
-            x, m = to_model_input(img.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor).float()
+            x, m = to_model_input(img.as_subclass(torch.Tensor), self.norm), mask.as_subclass(torch.Tensor).float()
             return (x, m) if self.labels is None else (x, int(self.labels[i]), m)
         if self.transform is not None:
             img = self.transform(img)
         label = -1 if self.labels is None else int(self.labels[i])
-        return to_model_input(img.as_subclass(torch.Tensor)), label
+        return to_model_input(img.as_subclass(torch.Tensor), self.norm), label

@@ -16,16 +16,34 @@ from skinscan.data.imageio import read_image, resize_square
 
 
 class Normalization(BaseModel):
-    """Per-channel mean and std applied after scaling pixels to [0, 1]."""
+    """Per-channel mean and std applied after scaling pixels to [0, 1]; optionally Shades of Gray colour constancy
+    first (`colour_constancy_p`: its Minkowski norm; None = off). Stored in the model card, so every path that
+    normalises with the card's settings applies the same constancy."""
 
     model_config = ConfigDict(frozen=True)
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    colour_constancy_p: float | None = None
+
+
+def shades_of_gray(img_u8: np.ndarray, p: float = 6.0) -> np.ndarray:
+    """Shades of Gray colour constancy (Finlayson and Trezzi 2004) on HWC uint8: estimate the illuminant per
+    channel as the Minkowski p-norm mean of its pixels, and scale each channel so the illuminant becomes grey
+    (p = 1: grey world; p -> inf: max-RGB). Different cameras and lighting then give the same lesion the same
+    colours. Computed in float64 and rounded back to uint8, so every caller gets identical bytes."""
+    x = np.asarray(img_u8, np.float64)
+    illum = np.power(np.mean(np.power(x.reshape(-1, 3), p), axis=0), 1.0 / p)
+    gain = np.sqrt(3.0) * illum / max(float(np.linalg.norm(illum)), 1e-9)
+    out = x / np.maximum(gain, 1e-9)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-PREPROCESSING = "decode (EXIF-oriented RGB) -> resize to input_size x input_size (bilinear) -> /255 -> normalise"
+PREPROCESSING = (
+    "decode (EXIF-oriented RGB) -> resize to input_size x input_size (bilinear) -> Shades of Gray when "
+    "normalization.colour_constancy_p is set -> /255 -> normalise"
+)
 
 
 def load_image(uri: str, size: int) -> np.ndarray:
@@ -34,8 +52,11 @@ def load_image(uri: str, size: int) -> np.ndarray:
 
 
 def normalize_batch(batch_u8: np.ndarray, norm: Normalization | None = None) -> np.ndarray:
-    """NHWC uint8 -> NCHW float32, normalised: the input every backend expects."""
+    """NHWC uint8 -> NCHW float32, normalised (after colour constancy where the card asks): the input every
+    backend expects."""
     norm = norm or IMAGENET
+    if norm.colour_constancy_p is not None:
+        batch_u8 = np.stack([shades_of_gray(im, norm.colour_constancy_p) for im in batch_u8])
     x = np.asarray(batch_u8, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
     m = np.asarray(norm.mean, np.float32)[None, :, None, None]
     s = np.asarray(norm.std, np.float32)[None, :, None, None]

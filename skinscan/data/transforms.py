@@ -6,7 +6,7 @@ import torch
 from torchvision.transforms import v2
 
 from skinscan.config import AugmentConfig
-from skinscan.data.preprocess import IMAGENET, Normalization
+from skinscan.data.preprocess import IMAGENET, Normalization, shades_of_gray
 
 
 def train_transform(img_size: int, aug: AugmentConfig) -> v2.Compose:
@@ -26,6 +26,10 @@ def train_transform(img_size: int, aug: AugmentConfig) -> v2.Compose:
 
 
 def to_model_input(img_u8_chw: torch.Tensor, norm: Normalization = IMAGENET) -> torch.Tensor:
-    """CHW uint8 tensor -> normalised float tensor (the torch twin of `preprocess.normalize_batch`)."""
+    """CHW uint8 tensor -> normalised float tensor (the torch twin of `preprocess.normalize_batch`; colour
+    constancy through the same numpy function, so training sees the bytes screening sees)."""
+    if norm.colour_constancy_p is not None:
+        hwc = shades_of_gray(img_u8_chw.permute(1, 2, 0).numpy(), norm.colour_constancy_p)
+        img_u8_chw = torch.from_numpy(hwc).permute(2, 0, 1)
     x = img_u8_chw.float() / 255.0
     return v2.functional.normalize(x, list(norm.mean), list(norm.std))

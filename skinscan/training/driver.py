@@ -262,9 +262,10 @@ def write_bundle(
     and training manifest) and, for an object-store `output`, uploaded there and read back. Makes no network call
     beyond that upload: the model is built from the trained state alone, never from pretrained weights."""
     from skinscan.data import storage
-    from skinscan.data.preprocess import IMAGENET, PREPROCESSING
+    from skinscan.data.preprocess import PREPROCESSING
     from skinscan.models import create_model, shipped_state
     from skinscan.models.bundle import Architecture, ModelCard, library_versions, publish_bundle, save_bundle
+    from skinscan.training.loop import input_normalization
 
     model = create_model(cfg.model.model_copy(update={"pretrained": False}), num_classes=len(classes) or 1)
     ema_weights = best_state.get("ema")  # the weights validation scored when the run kept an EMA
@@ -277,7 +278,7 @@ def write_bundle(
         ),
         class_names=classes,
         input_size=cfg.model.img_size,
-        normalization=IMAGENET,
+        normalization=input_normalization(cfg),
         preprocessing=PREPROCESSING,
         training_config=json.loads(cfg.model_dump_json()),
         data_manifest_sha256=manifest_hash(df),

@@ -26,6 +26,7 @@ from torch import nn
 
 from skinscan.config import TrainConfig
 from skinscan.data.dataset import ImageDataset
+from skinscan.data.preprocess import IMAGENET, Normalization
 from skinscan.data.sampling import DistributedOversampler
 from skinscan.data.transforms import train_transform
 from skinscan.evaluation.metrics import classification_summary, dice_iou
@@ -57,6 +58,10 @@ def lr_lambda(warmup_steps: int, total_steps: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def input_normalization(cfg: TrainConfig) -> Normalization:
+    return Normalization(mean=IMAGENET.mean, std=IMAGENET.std, colour_constancy_p=cfg.colour_constancy_p)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -155,6 +160,7 @@ def make_loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
     aux_mask = not segment and cfg.lesion_mask_weight > 0
     classes: list[str] = config["classes"]
     load_size = int(round(cfg.model.img_size * 1.15))
+    norm = input_normalization(cfg)  # what the bundle's card will record, colour constancy included
     procs = cfg.loader_processes
     per_process_mb = cfg.cache_max_mb / max(1, procs)
 
@@ -165,7 +171,7 @@ def make_loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
         budget_mb = per_process_mb * share
         need_mb = len(rows) * ImageDataset.item_bytes(size, mask_uris is not None) / 2**20
         cache = cfg.cache_images and need_mb <= budget_mb
-        return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cache, budget_mb)
+        return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cache, budget_mb, norm)
 
     train_rows, val_rows = config["train"], config["val"]
     train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, aux_mask, 0.8)

@@ -1,0 +1,52 @@
+"""Shades of Gray colour constancy: one function, applied identically by training, evaluation and screening."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinscan.data.preprocess import IMAGENET, Normalization, load_image, normalize_batch, shades_of_gray
+
+
+def test_a_colour_cast_is_removed_and_grey_stays_grey():
+    rng = np.random.default_rng(0)
+    scene = rng.integers(40, 200, (32, 32, 3)).astype(np.float64)
+    cast = np.clip(scene * np.array([1.3, 1.0, 0.7]), 0, 255).astype(np.uint8)  # a warm camera
+    a, b = shades_of_gray(scene.astype(np.uint8)), shades_of_gray(cast)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 4  # the same scene under two lights looks the same
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    assert (shades_of_gray(grey) == grey).all()
+
+
+def test_the_same_bytes_give_the_same_tensor_in_training_evaluation_and_screening(tmp_path):
+    from skinscan.data.dataset import ImageDataset
+    from skinscan.screening.stages import decode_batch
+
+    norm = Normalization(mean=IMAGENET.mean, std=IMAGENET.std, colour_constancy_p=6)
+    rng = np.random.default_rng(1)
+    img = np.clip(rng.normal(120, 40, (150, 200, 3)) * [1.2, 0.9, 0.8], 0, 255).astype(np.uint8)
+    path = tmp_path / "lesion.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=92)
+    path.write_bytes(buf.getvalue())
+    size = 64
+
+    training = ImageDataset([str(path)], [0], size, None, cache=False, norm=norm)[0][0].numpy()
+    evaluation = normalize_batch(load_image(str(path), size)[None], norm)[0]
+    work = decode_batch({"uri": np.array([str(path)], object), "image_id": np.array(["x"], object)}, size, 0, 10**8)
+    screening = normalize_batch(work["work"], norm)[0]
+    assert np.array_equal(training, evaluation) and np.array_equal(evaluation, screening)
+    plain = normalize_batch(load_image(str(path), size)[None], IMAGENET)[0]
+    assert not np.allclose(plain, evaluation)  # constancy really was applied (once: see the equality above)
+
+
+def test_the_card_records_colour_constancy():
+    from skinscan.config import TrainConfig
+    from skinscan.training.loop import input_normalization
+
+    cfg = TrainConfig(colour_constancy_p=6)
+    assert input_normalization(cfg).colour_constancy_p == 6
+    assert input_normalization(TrainConfig()).colour_constancy_p is None
+    with pytest.raises(ValueError):
+        TrainConfig(colour_constancy_p=0.5)
