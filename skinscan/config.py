@@ -203,6 +203,9 @@ class EvaluateConfig(Section):
     allow_overlap: bool = False
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     bootstrap: int = Field(1000, ge=0)  # lesion-bootstrap draws for the 95% intervals (0: none)
+    # data sets from other clinics, never trained on: name -> data (each gets its own folder and a row of the
+    # "External data sets" table)
+    external: dict[str, str] = Field(default_factory=dict)
 
 
 class CalibrateConfig(Section):

@@ -230,3 +230,34 @@ def test_screening_flag_follows_the_card(overconfident_bundle, tmp_path):
     # a configured threshold overrides the card, and says so
     fixed = ClassifyStage(str(a), threshold=1.0, **kw)({k: v.copy() for k, v in batch.items()})
     assert not fixed["flagged"].any() and fixed["flag_rule"][0].endswith("[config]")
+
+
+def test_evaluate_reports_each_source_and_each_external_set(overconfident_bundle, tmp_path):
+    from skinscan.config import EvaluateConfig
+    from skinscan.evaluation.run import run
+
+    bundle, manifest = overconfident_bundle
+    df = pd.read_parquet(manifest)
+    df["source"] = np.where(np.arange(len(df)) % 2, "clinic_a", "clinic_b")
+    two = tmp_path / "two.parquet"
+    df.to_parquet(two)
+    external = tmp_path / "external.csv"
+    df[df["split"] == "val"].drop(columns=["split"]).to_csv(external, index=False)
+    r = run(
+        EvaluateConfig(
+            model=str(bundle),
+            data=str(two),
+            split="test",
+            backend="torch",
+            bootstrap=100,
+            output=str(tmp_path / "ev"),
+            external={"other_clinic": str(external)},
+        )
+    )
+    assert set(r["by_source"]) == {"clinic_a", "clinic_b", "pooled"}
+    assert r["by_source"]["clinic_a"]["n"] + r["by_source"]["clinic_b"]["n"] == r["by_source"]["pooled"]["n"]
+    assert list(r["external"]) == ["test of two.parquet", "other_clinic (external)"]
+    assert r["external"]["other_clinic (external)"]["n"] == 48
+    md = (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "## By source" in md and "## External data sets" in md and "other_clinic (external)" in md
+    assert (tmp_path / "ev" / "external-other_clinic" / "evaluation.json").exists()

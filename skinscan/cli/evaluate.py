@@ -14,6 +14,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-overlap", action="store_true", help="evaluate even if images overlap training data")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--bootstrap", type=int, default=1000, help="lesion-bootstrap draws for 95%% intervals (0: none)")
+    p.add_argument(
+        "--external",
+        action="append",
+        metavar="NAME=DATA",
+        help="a data set from another clinic, never trained on (repeatable): its own folder and table row",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("calibrate", help="temperature scaling + operating points on validation, into the card")
@@ -34,10 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from skinscan.config import EvaluateConfig, validate
+    from skinscan.errors import ConfigError
     from skinscan.evaluation.run import run
 
     fields = ("model", "data", "split", "output", "allow_overlap", "backend", "bootstrap")
-    run(validate(EvaluateConfig, {k: getattr(a, k) for k in fields}))
+    cfg = {k: getattr(a, k) for k in fields}
+    for item in a.external or []:
+        name, sep, data = item.partition("=")
+        if not sep or not name or not data:
+            raise ConfigError(f"--external {item}: expected NAME=DATA, e.g. isic2017=../isic2017/val.csv")
+        cfg.setdefault("external", {})[name] = data
+    run(validate(EvaluateConfig, cfg))
     return 0
 
 

@@ -136,8 +136,11 @@ def read_isic2019(
     df = pd.DataFrame({"image_id": gt["image"].astype(str), "label": isic_groundtruth_labels(gt, gt_csv)})
     if metadata:
         meta = _read_csv(metadata)
-        _require(meta, ["image", "lesion_id"], metadata, "ISIC 2019 metadata")
-        meta = meta.rename(columns={"image": "image_id", "age_approx": "age", "anatom_site_general": "site"})
+        _require(meta, ["image"], metadata, "ISIC metadata")
+        renames = {"image": "image_id", "age_approx": "age", "age_approximate": "age", "anatom_site_general": "site"}
+        meta = meta.rename(columns=renames)
+        if "lesion_id" not in meta:  # ISIC 2017's metadata has none: each image is its own lesion
+            meta["lesion_id"] = None
         keep = ["image_id", "lesion_id", *(c for c in METADATA_COLUMNS if c in meta)]
         df = df.merge(meta[keep], on="image_id", how="left")
     df = _attach_uris(df, images or _default_images_root(gt_csv), gt_csv)

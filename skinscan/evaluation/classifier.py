@@ -130,7 +130,7 @@ def evaluate(
     from conversion.onnx_export import ensure_onnx
     from skinscan.evaluation.isic import official_score, write_isic_files
     from skinscan.evaluation.metrics import evaluate_probs, expected_calibration_error
-    from skinscan.evaluation.operating import at_operating_point, by_subgroup, lesion_groups
+    from skinscan.evaluation.operating import at_operating_point, by_subgroup, headline, lesion_groups
     from skinscan.evaluation.plots import plot_confusion, plot_reliability, plot_roc
     from skinscan.models.calibration import card_rule, nll, softmax
 
@@ -173,6 +173,14 @@ def evaluate(
     rule = card_rule(card)
     operating = at_operating_point(probs, y, classes, lesion_groups(df), rule, bootstrap, seed)
     subgroups = by_subgroup(df, probs, y, classes, rule, min(bootstrap, 500), seed)
+    by_source = {}
+    if "source" in df and df["source"].nunique() > 1:  # several sources: each beside the pooled figure
+        groups = lesion_groups(df)
+        for src in sorted(df["source"].dropna().unique()):
+            m = (df["source"] == src).to_numpy()
+            one = at_operating_point(probs[m], y[m], classes, groups[m], rule, min(bootstrap, 500), seed)
+            by_source[str(src)] = headline(one, m.sum())
+        by_source["pooled"] = headline(operating, len(y))
     idx = oversample_indices(y, seed)
     over = evaluate_probs(y[idx], probs[idx], classes)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +201,7 @@ def evaluate(
         "predict_s": round(time.time() - t0, 1),
         "operating_point": operating,
         "subgroups": subgroups,
+        "by_source": by_source,
         "calibration": calibration,
         "card_operating_points": {k: v.model_dump() for k, v in card.operating_points.items()},
         "raw": raw,
@@ -313,7 +322,7 @@ AUC (one vs rest): {auc}.
 
 def _operating_md(r: dict) -> str:
     """The opening: what a screening programme would see at the bundle's operating point."""
-    from skinscan.evaluation.operating import fmt_ci, operating_point_markdown, subgroup_markdown
+    from skinscan.evaluation.operating import fmt_ci, headline_markdown, operating_point_markdown, subgroup_markdown
 
     op = r["operating_point"]
     flag = op["points"]["flag"]
@@ -326,9 +335,10 @@ def _operating_md(r: dict) -> str:
         + f"sensitivity for any malignant lesion {fmt_ci(flag['sensitivity'])}, specificity "
         f"{fmt_ci(flag['specificity'])} (95% intervals, bootstrap by lesion)."
     )
+    sources = f"\n\n## By source\n\n{headline_markdown(r['by_source'], 'source')}" if r.get("by_source") else ""
     return (
         f"## Operating point\n\n{head}\n\n{operating_point_markdown(op)}\n\n## By age, sex and site\n\n"
-        f"{subgroup_markdown(r['subgroups'])}"
+        f"{subgroup_markdown(r['subgroups'])}{sources}"
     )
 
 

@@ -157,3 +157,29 @@ def subgroup_markdown(rows: list[dict]) -> str:
             f"{fmt_ci(f['referrals_per_1000'], 0)} |"
         )
     return "\n".join(lines) + "\n\n" + SKIN_TYPE_NOTE
+
+
+def headline(op: dict, n: int) -> dict:
+    """The few figures a comparison across data sets needs, from `at_operating_point`'s result: balanced accuracy,
+    melanoma AUC, and the screening flag's sensitivity and specificity, each with its interval."""
+    flag = op["points"]["flag"]
+    return {
+        "n": int(n),
+        "balanced_accuracy": op["overall"]["balanced_accuracy"],
+        "auc_MEL": op["overall"].get("auc_MEL", {"value": None, "ci": None}),
+        "flag_sensitivity": flag["sensitivity"],
+        "flag_specificity": flag["specificity"],
+    }
+
+
+def headline_markdown(rows: dict[str, dict], what: str) -> str:
+    lines = [
+        f"| {what} | images | balanced accuracy | melanoma AUC | flag sensitivity | flag specificity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, h in rows.items():
+        lines.append(
+            f"| {name} | {h['n']} | {fmt_ci(h['balanced_accuracy'])} | {fmt_ci(h['auc_MEL'])} | "
+            f"{fmt_ci(h['flag_sensitivity'])} | {fmt_ci(h['flag_specificity'])} |"
+        )
+    return "\n".join(lines)

@@ -29,7 +29,33 @@ def run(cfg: EvaluateConfig) -> dict:
 
     r = evaluate(cfg.model, cfg.data, out, cfg.split, cfg.allow_overlap, cfg.backend, bootstrap=cfg.bootstrap)
     print_summary(r, out)
+    if cfg.external:
+        r["external"] = evaluate_external(cfg, r, out)
     return r
+
+
+def evaluate_external(cfg: EvaluateConfig, main: dict, out: str) -> dict:
+    """Each external data set in its own folder; one table of headline figures beside the main set's, appended to
+    the main evaluation.md and printed."""
+    import json
+
+    from skinscan.evaluation.classifier import evaluate
+    from skinscan.evaluation.operating import headline, headline_markdown
+
+    rows = {f"{cfg.split or 'all'} of {Path(cfg.data).name}": headline(main["operating_point"], main["n_images"])}
+    for name, data in cfg.external.items():
+        sub = Path(out) / f"external-{name}"
+        print(f"[evaluate] external data set {name}: {data}")
+        r = evaluate(cfg.model, data, sub, None, cfg.allow_overlap, cfg.backend, bootstrap=cfg.bootstrap)
+        rows[f"{name} (external)"] = headline(r["operating_point"], r["n_images"])
+    table = headline_markdown(rows, "data set")
+    md = Path(out) / "evaluation.md"
+    md.write_text(
+        md.read_text() + "\n## External data sets\n\nNever trained on; each has its own folder.\n\n" + table + "\n"
+    )
+    (Path(out) / "external.json").write_text(json.dumps(rows, indent=2))
+    print(table)
+    return rows
 
 
 def print_summary(r: dict, out: str) -> None:
