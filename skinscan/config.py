@@ -35,6 +35,10 @@ class DataConfig(Section):
     isic_groundtruth: str | None = None  # decides AK vs SCC for HAM10000 `akiec`
     metadata: str | None = None  # ISIC 2019 metadata CSV (lesion_id)
     hash: bool = True  # compute sha256 of each image's bytes
+    name: str | None = None  # the `source` column's value for these images (default: the reader's, e.g. ham10000)
+    # keep only rows whose column holds one of the values, e.g. {source_split: [training]} for ISIC 2017's training
+    # part (its validation part then stays an external set, never trained on)
+    where: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class SplitConfig(Section):
@@ -90,6 +94,8 @@ class FlagTargets(Section):
 class TrainConfig(Section):
     task: Literal["classify", "segment"] = "classify"
     data: DataConfig = Field(default_factory=DataConfig)
+    # more sources trained on together with `data`: split within each source, oversampled over the union
+    extra_data: list[DataConfig] = Field(default_factory=list)
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

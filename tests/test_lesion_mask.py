@@ -70,14 +70,29 @@ def test_masks_follow_the_image_through_augmentation(synth_dir):
         assert image[lesion].mean() < image[~lesion].mean()
 
 
-def test_missing_masks_are_a_clear_error(synth_dir, tmp_path):
+def test_images_without_a_mask_add_nothing_to_the_mask_loss(synth_dir, tmp_path):
+    """A source without masks (ISIC 2017) trains beside one with masks: its images get an all-unknown mask, which
+    the auxiliary loss skips; a data set with no mask at all is still a clear error."""
     import shutil
+
+    from skinscan.training.steps import UNKNOWN_MASK, lesion_mask_loss
 
     copy = tmp_path / "synth"
     shutil.copytree(synth_dir, copy)
-    next((copy / "masks").iterdir()).unlink()
+    missing = next((copy / "masks").iterdir())
+    missing.unlink()
     cfg = TrainConfig.model_validate({"data": {"source": str(copy)}, "lesion_mask_weight": 1})
-    with pytest.raises(DataError, match=r"needs a mask for every image; 1 of 24 have none"):
+    df, classes = prepare_data(cfg)
+    assert len(df) == 24 and df["mask_uri"].isna().sum() == 1
+    i = int(np.flatnonzero(df["mask_uri"].isna())[0])
+    ds = ImageDataset(df["uri"], [0] * 24, 64, None, mask_uris=df["mask_uri"], cache=False)
+    assert (ds[i][2] == UNKNOWN_MASK).all()
+    logits = torch.randn(3, 1, 4, 4)
+    known = torch.randint(0, 2, (3, 1, 16, 16)).float()
+    mixed = known.clone()
+    mixed[2] = UNKNOWN_MASK
+    assert torch.isclose(lesion_mask_loss(logits, mixed), lesion_mask_loss(logits[:2], known[:2]))
+    assert lesion_mask_loss(logits, torch.full_like(known, UNKNOWN_MASK)) == 0
+    shutil.rmtree(copy / "masks")
+    with pytest.raises(DataError, match="no masks found"):
         prepare_data(cfg)
-    cfg.lesion_mask_weight = 0
-    assert len(prepare_data(cfg)[0]) == 24  # without the mask loss, masks are not needed

@@ -12,8 +12,15 @@ from skinscan.cli.common import print_table
 
 def cmd_data_manifest(a: argparse.Namespace) -> int:
     from skinscan.config import DataConfig, save_config, validate
-    from skinscan.data.manifest import build_manifest, class_counts, write_manifest
+    from skinscan.data.manifest import build_sources, class_counts, write_manifest
+    from skinscan.errors import ConfigError
 
+    where: dict[str, list[str]] = {}
+    for item in a.where or []:
+        col, sep, value = item.partition("=")
+        if not sep or not col:
+            raise ConfigError(f"--where {item}: expected COLUMN=VALUE, e.g. source_split=validation")
+        where.setdefault(col, []).append(value)
     cfg = validate(
         DataConfig,
         {
@@ -23,9 +30,11 @@ def cmd_data_manifest(a: argparse.Namespace) -> int:
             "isic_groundtruth": a.isic_groundtruth,
             "metadata": a.metadata,
             "hash": not a.no_hash,
+            "name": a.name,
+            "where": where,
         },
     )
-    df = build_manifest(cfg)
+    df = build_sources([cfg])
     out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_manifest(df, str(out))
@@ -111,6 +120,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--isic-groundtruth", help="ISIC 2019 ground truth deciding AK vs SCC for HAM10000 akiec")
     m.add_argument("--metadata", help="ISIC 2019 metadata CSV (lesion ids)")
     m.add_argument("--no-hash", action="store_true", help="skip sha256 of image bytes")
+    m.add_argument("--name", help="the source column's value (default: the reader's, e.g. ham10000)")
+    m.add_argument("--where", action="append", metavar="COL=VALUE", help="keep rows whose COL is VALUE (repeatable)")
     m.set_defaults(func=cmd_data_manifest)
 
     s = dsub.add_parser("split", help="lesion-grouped, class-stratified train/val/test split")

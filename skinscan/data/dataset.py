@@ -65,7 +65,9 @@ class ImageDataset(torch.utils.data.Dataset):
     def mask(self, i: int) -> np.ndarray:
         if i in self._mask:
             return self._mask[i]
-        arr = read_mask(self.mask_uris[i], self.load_size)
+        uri = self.mask_uris[i]
+        # an image of a source without masks: all "unknown" (255), which the mask loss skips
+        arr = read_mask(uri, self.load_size) if uri else np.full((self.load_size, self.load_size), 255, np.uint8)
         if self._keep(arr):
             self._mask[i] = arr
         return arr

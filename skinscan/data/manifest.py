@@ -109,7 +109,7 @@ def _finish(df: pd.DataFrame, source: str, hash_bytes: bool) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     df["sha256"] = sha256_uris(df["uri"].tolist()) if hash_bytes else ""
-    df = df[MANIFEST_COLUMNS + [c for c in METADATA_COLUMNS if c in df]].reset_index(drop=True)
+    df = df[MANIFEST_COLUMNS + [c for c in [*METADATA_COLUMNS, "source_split"] if c in df]].reset_index(drop=True)
     df["label"] = df["label"].astype("object").where(df["label"].notna(), None)
     df["lesion_id"] = df["lesion_id"].astype("object").where(df["lesion_id"].notna(), None)
     if df["image_id"].duplicated().any():
@@ -141,7 +141,9 @@ def read_isic2019(
         meta = meta.rename(columns=renames)
         if "lesion_id" not in meta:  # ISIC 2017's metadata has none: each image is its own lesion
             meta["lesion_id"] = None
-        keep = ["image_id", "lesion_id", *(c for c in METADATA_COLUMNS if c in meta)]
+        if "split" in meta:  # a data set's own partition (ISIC 2017: training / validation), not SkinScan's split
+            meta = meta.rename(columns={"split": "source_split"})
+        keep = ["image_id", "lesion_id", *(c for c in [*METADATA_COLUMNS, "source_split"] if c in meta)]
         df = df.merge(meta[keep], on="image_id", how="left")
     df = _attach_uris(df, images or _default_images_root(gt_csv), gt_csv)
     return _finish(df, "isic2019", hash_bytes)
@@ -312,6 +314,26 @@ def build_manifest(cfg: DataConfig) -> pd.DataFrame:
     if fmt == "folder":
         return read_folder(src, cfg.hash)
     return read_unlabeled(src, cfg.hash)
+
+
+def build_sources(configs: list[DataConfig]) -> pd.DataFrame:
+    """Several data sources as one manifest: each read by its reader, filtered (`where`), named (`name` -> the
+    `source` column). An image id found in two sources is refused: the same image twice could land in two splits."""
+    frames = []
+    for cfg in configs:
+        df = build_manifest(cfg)
+        for col, values in cfg.where.items():
+            if col not in df:
+                raise DataError(f"{cfg.source}: where: no column {col!r} (columns: {', '.join(df.columns)})")
+            df = df[df[col].astype(str).isin([str(v) for v in values])]
+        if cfg.name:
+            df = df.assign(source=cfg.name)
+        frames.append(df.reset_index(drop=True))
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    dup = df["image_id"][df["image_id"].duplicated()]
+    if len(dup):
+        raise DataError(f"image {dup.iloc[0]} (and {len(dup) - 1} more) is in two sources; remove the overlap")
+    return df
 
 
 def class_counts(df: pd.DataFrame) -> dict[str, int]:

@@ -56,6 +56,21 @@ def split_manifest(df: pd.DataFrame, val_fraction: float, test_fraction: float, 
     return df.drop(columns="_group")
 
 
+def split_by_source(df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int = 0) -> pd.DataFrame:
+    """`split_manifest` within each source, so every source has its own train/val/test in proportion (a source
+    is never only training or only test); lesions stay whole, and lesion ids of different sources never merge."""
+    if "source" not in df or df["source"].nunique() <= 1:
+        return split_manifest(df, val_fraction, test_fraction, seed)
+    parts = []
+    for src in sorted(df["source"].astype(str).unique()):
+        part = df[df["source"].astype(str) == src].copy()
+        part["lesion_id"] = part["lesion_id"].map(lambda v, s=src: None if v is None or pd.isna(v) else f"{s}:{v}")
+        part = split_manifest(part, val_fraction, test_fraction, seed)
+        part["lesion_id"] = df.loc[part.index, "lesion_id"]
+        parts.append(part)
+    return pd.concat(parts).loc[df.index]
+
+
 def check_lesions_disjoint(df: pd.DataFrame) -> None:
     groups = lesion_groups(df)
     per_group = df.assign(_g=groups).groupby("_g")["split"].nunique()

@@ -57,22 +57,22 @@ def manifest_hash(df: pd.DataFrame) -> str:
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
     """The manifest with a `split` column (and `mask_uri` where masks are used), and the class names."""
     from skinscan.data import storage
-    from skinscan.data.manifest import build_manifest
+    from skinscan.data.manifest import build_sources
     from skinscan.data.masks import mask_uri_for
-    from skinscan.data.splits import check_lesions_disjoint, split_manifest
+    from skinscan.data.splits import check_lesions_disjoint, split_by_source
 
-    df = build_manifest(cfg.data)
+    df = build_sources([cfg.data, *cfg.extra_data])
     if cfg.task == "segment" or cfg.lesion_mask_weight:
         df["mask_uri"] = df["uri"].map(mask_uri_for)
         has = df["mask_uri"].map(storage.exists)
         if not has.any():
             raise DataError(f"{cfg.data.source}: no masks found (expected masks/<image_id>_segmentation.png)")
-        if cfg.task == "classify" and not has.all():
-            raise DataError(
-                f"{cfg.data.source}: lesion_mask_weight needs a mask for every image; {int((~has).sum())} of "
-                f"{len(df)} have none (e.g. {df.loc[~has, 'mask_uri'].iloc[0]}); set lesion_mask_weight=0"
-            )
-        df = df[has].reset_index(drop=True)
+        if cfg.task == "classify":  # the auxiliary loss uses the masks there are; images without one add nothing
+            df["mask_uri"] = df["mask_uri"].where(has, None)
+            if not has.all():
+                print(f"[train] lesion-mask loss on {int(has.sum())} of {len(df)} images (the others have no mask)")
+        else:
+            df = df[has].reset_index(drop=True)
     if cfg.task == "segment":
         if df["label"].isna().any():  # segmentation needs no labels; split stratifies on a placeholder
             df["label"] = df["label"].fillna("lesion")
@@ -88,7 +88,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
             df = df[df["label"].isin(classes)].reset_index(drop=True)
             print(f"[train] dropped images of classes not in `classes`: {unknown}")
     if "split" not in df or df["split"].isna().any():
-        df = split_manifest(df, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
+        df = split_by_source(df, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
     check_lesions_disjoint(df)
     if not (df["split"] == "val").any() or not (df["split"] == "train").any():
         raise DataError("split produced an empty train or val set; use more images or larger fractions")

@@ -50,10 +50,18 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)).mean()
 
 
+UNKNOWN_MASK = 255
+"""Mask value of an image without a mask (a source that has none): it adds nothing to the mask loss."""
+
+
 def lesion_mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCE against the lesion fraction of each feature-map cell (the mask average-pooled to the map's size)."""
-    target = nn.functional.adaptive_avg_pool2d(mask, mask_logits.shape[-2:])
-    return nn.functional.binary_cross_entropy_with_logits(mask_logits, target)
+    """BCE against the lesion fraction of each feature-map cell (the mask average-pooled to the map's size), over
+    the images that have a mask."""
+    known = ~(mask == UNKNOWN_MASK).flatten(1).any(1)
+    if not known.any():
+        return mask_logits.sum() * 0.0
+    target = nn.functional.adaptive_avg_pool2d(mask[known], mask_logits.shape[-2:])
+    return nn.functional.binary_cross_entropy_with_logits(mask_logits[known], target)
 
 
 def _loss(t: Trainee, out, y: torch.Tensor, target: torch.Tensor, mask: list[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""Several training sources in one manifest: split within each source, lesions whole, no image in two sources."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skinscan.config import DataConfig
+from skinscan.data.manifest import build_sources
+from skinscan.data.splits import check_lesions_disjoint, split_by_source
+from skinscan.errors import DataError
+
+
+def _source(name: str, n_lesions: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lesion in range(n_lesions):
+        label = rng.choice(["MEL", "NV", "BKL"], p=[0.2, 0.6, 0.2])
+        for k in range(rng.integers(1, 4)):
+            rows.append(
+                {
+                    "image_id": f"{name}_{lesion}_{k}",
+                    "uri": f"/x/{name}_{lesion}_{k}.jpg",
+                    "label": label,
+                    "lesion_id": f"L{lesion}",
+                    "source": name,
+                    "sha256": "",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_each_source_is_split_on_its_own_and_lesions_never_cross_splits():
+    df = pd.concat([_source("ham", 300, 0), _source("isic2017", 200, 1)], ignore_index=True)
+    out = split_by_source(df, 0.15, 0.15, seed=0)
+    check_lesions_disjoint(out.assign(lesion_id=out["source"] + ":" + out["lesion_id"]))
+    for src, part in out.groupby("source"):
+        shares = part["split"].value_counts(normalize=True)
+        assert set(shares.index) == {"train", "val", "test"}
+        assert 0.10 < shares["test"] < 0.20 and 0.10 < shares["val"] < 0.20, (src, shares.to_dict())
+        per_lesion = part.groupby("lesion_id")["split"].nunique()
+        assert (per_lesion == 1).all()  # every lesion whole, within its source
+    assert out["lesion_id"].equals(df["lesion_id"])  # ids unchanged in the result
+    # the same lesion id in two sources is two lesions: they are split independently
+    same = out[out["lesion_id"] == "L5"].groupby("source")["split"].first()
+    assert len(same) == 2
+
+
+def test_sources_are_named_filtered_and_never_share_an_image(tmp_path):
+    a, b = _source("a", 20, 2), _source("b", 20, 3)
+    b["source_split"] = np.where(np.arange(len(b)) % 3 == 0, "validation", "training")
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    df = build_sources(
+        [
+            DataConfig(source=str(tmp_path / "a.csv"), name="clinic_a"),
+            DataConfig(source=str(tmp_path / "b.csv"), name="clinic_b", where={"source_split": ["training"]}),
+        ]
+    )
+    assert set(df["source"]) == {"clinic_a", "clinic_b"}
+    assert len(df) == len(a) + int((b["source_split"] == "training").sum())
+    with pytest.raises(DataError, match="in two sources"):
+        build_sources([DataConfig(source=str(tmp_path / "a.csv")), DataConfig(source=str(tmp_path / "a.csv"))])
+    with pytest.raises(DataError, match="no column 'site'"):
+        build_sources([DataConfig(source=str(tmp_path / "a.csv"), where={"site": ["back"]})])
