@@ -61,6 +61,11 @@ class AugmentConfig(Section):
     vflip: bool = True
     rotate: bool = True  # right-angle rotations plus small random angles
     color_jitter: float = Field(0.1, ge=0, le=1)
+    # stronger colour options (other cameras and clinics): hue and saturation apart from color_jitter (None: the
+    # jitter's own, c/4 and c), and a random gain per colour channel in [1 - g, 1 + g] (white balance)
+    hue: float | None = Field(None, ge=0, le=0.5)
+    saturation: float | None = Field(None, ge=0)
+    channel_gain: float = Field(0.0, ge=0, lt=1)
     scale_min: float = Field(0.6, gt=0, le=1)  # random resized crop area range [scale_min, 1]
     # Batch mixing (classification only, timm's Mixup): mixup / CutMix with Beta(alpha, alpha) weights, applied to
     # a batch with probability mix_prob (switching between the two when both are on). 0 turns one off.

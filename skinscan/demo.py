@@ -7,6 +7,7 @@ synthetic archive (or --data) -> tiny Swin trained with Ray Train -> ONNX export
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def run(
 
     t = _step(5, total, "screen the archive with Ray Data (segment, classify, explain)")
     screen_out = work / "screen"
+    shutil.rmtree(screen_out, ignore_errors=True)  # rows of an earlier demo's model would not be this model's
     cfg = load_config(
         ScreenConfig,
         CONFIGS / "screen/local_cpu.yaml",

@@ -50,3 +50,21 @@ def test_the_card_records_colour_constancy():
     assert input_normalization(TrainConfig()).colour_constancy_p is None
     with pytest.raises(ValueError):
         TrainConfig(colour_constancy_p=0.5)
+
+
+def test_channel_gain_changes_white_balance_and_leaves_masks_alone():
+    import torch
+    from torchvision import tv_tensors
+
+    from skinscan.config import AugmentConfig
+    from skinscan.data.transforms import RandomChannelGain, train_transform
+
+    torch.manual_seed(0)
+    img = tv_tensors.Image(torch.full((3, 8, 8), 100, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.ones(1, 8, 8))
+    out, m = RandomChannelGain(0.3)(img, mask)
+    per_channel = out.float().mean((1, 2))
+    assert ((per_channel >= 70) & (per_channel <= 130)).all() and per_channel.unique().numel() == 3
+    assert torch.equal(m, mask)
+    names = [type(t).__name__ for t in train_transform(64, AugmentConfig(channel_gain=0.2, hue=0.1)).transforms]
+    assert "RandomChannelGain" in names and "ColorJitter" in names

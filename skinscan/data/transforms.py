@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from skinscan.config import AugmentConfig
 from skinscan.data.preprocess import IMAGENET, Normalization, shades_of_gray
+
+
+class RandomChannelGain(v2.Transform):
+    """Multiply each colour channel by its own random gain in [1 - g, 1 + g]: another camera's white balance.
+    Images only; masks pass unchanged."""
+
+    def __init__(self, g: float):
+        super().__init__()
+        self.g = g
+
+    def make_params(self, flat_inputs) -> dict:
+        return {"gain": 1 + (torch.rand(3) * 2 - 1) * self.g}
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Image):
+            out = (inpt.float() * params["gain"][:, None, None]).round().clamp(0, 255).to(torch.uint8)
+            return tv_tensors.wrap(out, like=inpt)
+        return inpt
 
 
 def train_transform(img_size: int, aug: AugmentConfig) -> v2.Compose:
@@ -19,9 +38,13 @@ def train_transform(img_size: int, aug: AugmentConfig) -> v2.Compose:
     if aug.rotate:
         steps.append(v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
         steps.append(v2.RandomRotation(15))
-    if aug.color_jitter > 0:
+    if aug.color_jitter > 0 or aug.hue is not None or aug.saturation is not None:
         c = aug.color_jitter
-        steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(0.5, c / 4)))
+        hue = min(0.5, c / 4) if aug.hue is None else aug.hue
+        sat = c if aug.saturation is None else aug.saturation
+        steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=sat, hue=hue))
+    if aug.channel_gain > 0:
+        steps.append(RandomChannelGain(aug.channel_gain))
     return v2.Compose(steps)
 
 
