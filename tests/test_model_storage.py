@@ -62,6 +62,7 @@ def _trained_state(tmp_path, output: str, pretrained=False):
                 "pretrained": pretrained,
             },
             "output": output,
+            "calibrate": False,  # these images do not exist: calibration is tested in test_operating_points
         }
     )
     trained = create_model(cfg.model.model_copy(update={"pretrained": False}), num_classes=2)

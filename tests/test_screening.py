@@ -135,7 +135,9 @@ def test_output_readable_by_pandas_polars_duckdb(screen_bundles, ray_local, tmp_
     import polars as pl
 
     s = screen(_cfg(*screen_bundles, f"zip://images::{synth_zip}", tmp_path / "o", explain="flagged"))
-    assert 0 < s["startup_s"] < s["this_run_wall_s"] and s["steady_images_per_s"] > 0  # rows arrive in batches
+    assert 0 < s["startup_s"] < s["this_run_wall_s"]
+    # a steady rate only where parts arrived over a fifth of the run or more (none for a burst)
+    assert s["steady_images_per_s"] is None or s["steady_images_per_s"] > 0
     results = tmp_path / "o" / "results"
     a = pd.read_parquet(results)
     b = pl.read_parquet(str(results / "*.parquet"))
