@@ -164,10 +164,11 @@ def test_input_limits(bundle, ray_local, tmp_path):
     outside.write_bytes(_jpeg(7))
     (inp / "link.jpg").symlink_to(outside)
     (inp / "big.jpg").write_bytes(_jpeg(8, 400))  # a valid JPEG over the byte cap below
+    (inp / "odd::name.jpg").write_bytes(_jpeg(9))  # a local name with `::` is read as it is
     big = len((inp / "big.jpg").read_bytes())
     s = screen(_cfg(bundle, inp, tmp_path / "out", max_input_bytes=big - 1))
     t = read_results(str(tmp_path / "out")).to_pandas().set_index("uri")
-    assert s["rows"] == 4 and s["ok"] == 2
+    assert s["rows"] == 5 and s["ok"] == 3 and t.loc[str(inp / "odd::name.jpg"), "status"] == "ok"
     assert t.loc[str(inp / "link.jpg"), "error_type"] == "refused"
     assert "outside the input folder" in t.loc[str(inp / "link.jpg"), "error_message"]
     assert t.loc[str(inp / "big.jpg"), "error_type"] == "too_large"
@@ -282,3 +283,28 @@ def test_pixel_limit_is_checked_before_the_gpu_decoder(monkeypatch, tmp_path):
     assert list(out["status"]) == ["error", "ok"] and out["error_type"][0] == "too_large"
     assert seen == [0, len(_jpeg(1, 64))]  # the large file's bytes never reached the GPU decoder
     assert np.isnan(out["width"][0]) and out["width"][1] == 64  # sizes from the header on the GPU path too
+
+
+def test_batches_with_and_without_error_rows_concatenate(bundle, tmp_path):
+    """Ray hands an all-null Arrow column to the next stage as float NaN; the stages turn text columns back, so a
+    part mixing a batch without errors and one with errors can be assembled (this once failed whole runs)."""
+    import pyarrow as pa
+    from ray.data._internal.arrow_ops.transform_pyarrow import concat
+    from ray.data.block import BlockAccessor
+
+    from skinscan.screening.stages import ClassifyStage, decode_batch
+
+    inp = _folder(tmp_path / "in", 3)
+    (inp / "empty.jpg").write_bytes(b"")
+    stage = ClassifyStage(str(bundle), backend="torch", explain="none", threads=1, thumbnails="none")
+    blocks = []
+    for names in (["img_0.jpg", "img_1.jpg"], ["img_2.jpg", "empty.jpg"]):
+        uris = np.array([str(inp / n) for n in names], object)
+        decoded = decode_batch({"uri": uris, "image_id": uris}, 64, 0, 10**8)
+        # through an Arrow block and back, as Ray Data hands a batch from one stage to the next
+        block = BlockAccessor.batch_to_block(decoded)
+        batch = BlockAccessor.for_block(block).to_batch_format("numpy")
+        blocks.append(BlockAccessor.batch_to_block(stage(batch)))
+    assert blocks[0].schema.field("error_type").type == pa.null()
+    table = concat(blocks)
+    assert table.column("error_type").to_pylist() == [None, None, None, "empty"]

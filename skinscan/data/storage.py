@@ -84,6 +84,8 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     if chained:
         _, member, archive = chained
         f = _fs_for_archive(archive).open(member, "rb")
+    elif not is_remote(uri):  # a local name is taken literally (fsspec would read `a::b.jpg` as a chained URL)
+        f = open(uri.removeprefix("file://"), "rb")
     else:
         f = fsspec.open(uri, "rb").open()
     with f:
@@ -98,6 +100,8 @@ def exists(uri: str) -> bool:
     if chained:
         _, member, archive = chained
         return _fs_for_archive(archive).exists(member)
+    if not is_remote(uri):
+        return os.path.exists(uri.removeprefix("file://"))
     fs, path = fsspec.core.url_to_fs(uri)
     return fs.exists(path)
 

@@ -12,6 +12,7 @@ import io
 import time
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from skinscan.data.imageio import decode_image, resize_square
@@ -21,13 +22,27 @@ from skinscan.data.taxonomy import ISIC2019_CLASSES
 from skinscan.errors import ImageDecodeError
 from skinscan.explain.encode import encode_map
 from skinscan.models.calibration import screening_rule, softmax
-from skinscan.screening.schema import PROB_COLUMNS, SCHEMA_VERSION
+from skinscan.screening.schema import PROB_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 
 def _obj(values) -> np.ndarray:
     arr = np.empty(len(values), dtype=object)
     arr[:] = list(values)
     return arr
+
+
+_TEXT_COLUMNS = frozenset(f.name for f in SCHEMA if f.type in (pa.string(), pa.binary()))
+
+
+def text_back(batch: dict) -> dict:
+    """Ray hands a column that was all null in its Arrow block to the next stage as float NaN. Text and binary
+    columns of the schema go back to object arrays of None, so that blocks with and without error rows still
+    concatenate (a float `error_type` beside a string one fails the whole run)."""
+    for k in _TEXT_COLUMNS & batch.keys():
+        v = batch[k]
+        if getattr(v, "dtype", None) is not None and v.dtype.kind == "f":
+            batch[k] = np.full(len(v), None, object)
+    return batch
 
 
 def gpu_decode_jpegs(datas: list[bytes], size: int) -> list[np.ndarray | None]:
@@ -217,6 +232,7 @@ class SegmentStage:
         self.id = self.card.model_id
 
     def __call__(self, batch: dict) -> dict:
+        batch = text_back(batch)
         t0 = time.perf_counter()
         n = len(batch["uri"])
         ok = np.flatnonzero(batch["status"] == "ok")
@@ -320,6 +336,7 @@ class ClassifyStage:
         return list(storage_form(self.method, maps))
 
     def __call__(self, batch: dict) -> dict:
+        batch = text_back(batch)
         n = len(batch["uri"])
         ok = np.flatnonzero(batch["status"] == "ok")
         t0 = time.perf_counter()
@@ -408,6 +425,7 @@ class ExplainStage:
         self.method, self.classes, self.size = method, self.card.class_names, self.card.input_size
 
     def __call__(self, batch: dict) -> dict:
+        batch = text_back(batch)
         import torch
 
         from skinscan.explain.registry import explain, storage_form
