@@ -62,3 +62,18 @@ def test_sources_are_named_filtered_and_never_share_an_image(tmp_path):
         build_sources([DataConfig(source=str(tmp_path / "a.csv")), DataConfig(source=str(tmp_path / "a.csv"))])
     with pytest.raises(DataError, match="no column 'site'"):
         build_sources([DataConfig(source=str(tmp_path / "a.csv"), where={"site": ["back"]})])
+
+
+def test_metadata_of_different_sources_gets_one_type_and_writes_to_parquet(tmp_path):
+    """HAM10000 writes ages as numbers, ISIC 2017 as text with "unknown": the union must still be one column."""
+    a, b = _source("a", 5, 4), _source("b", 5, 5)
+    a["age"], a["sex"] = 45.0, "male"
+    b["age"] = ["unknown" if i % 2 else "15" for i in range(len(b))]
+    b["sex"] = ["unknown" if i % 3 else "female" for i in range(len(b))]
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    df = build_sources([DataConfig(source=str(tmp_path / "a.csv")), DataConfig(source=str(tmp_path / "b.csv"))])
+    df.to_parquet(tmp_path / "union.parquet")  # what training writes as train_manifest.parquet
+    back = pd.read_parquet(tmp_path / "union.parquet")
+    assert back["age"].dtype.kind == "f" and back["age"].isna().sum() == (b["age"] == "unknown").sum()
+    assert set(back["sex"].dropna()) == {"male", "female"}
