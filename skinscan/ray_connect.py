@@ -57,6 +57,12 @@ def _keep_log(path: str, name: str) -> None:
         pass
 
 
+def starts_local_ray(address: str | None) -> bool:
+    """Whether joining Ray with `address` (or RAY_ADDRESS) starts a Ray on this machine rather than joining one."""
+    target = address or os.environ.get("RAY_ADDRESS")
+    return not target or target.startswith("local")
+
+
 def connect(address: str | None, timeout_s: float) -> None:
     """Start or join Ray. A cluster address is probed first, so a wrong one fails in one line within `timeout_s`
     instead of Ray retrying for minutes; Ray's own start-up notices go to its log, not the user's terminal."""
@@ -79,7 +85,7 @@ def connect(address: str | None, timeout_s: float) -> None:
             ) from None
     with quiet_stderr():
         ray.init(address=address, configure_logging=False, log_to_driver=False)
-    if not target:
+    if starts_local_ray(address):
         start_reaper()
     _quiet_ray_data_console()
 

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import posixpath
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     with f:
         data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
-        raise TooLarge(f"{uri}: larger than the {max_bytes:,}-byte cap per input (screen.max_input_bytes)")
+        raise TooLarge(f"larger than the {max_bytes:,}-byte cap per input (screen.max_input_bytes)")
     return data
 
 
@@ -234,7 +235,8 @@ def node_lock(directory: Path) -> Iterator[None]:
 
 
 def write_local_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Temporary file beside `path` (a hidden name no reader lists), then rename: readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
 

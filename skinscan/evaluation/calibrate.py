@@ -94,9 +94,19 @@ def fit(
     return card
 
 
+def calibrate_frame(
+    bundle: Path, df: pd.DataFrame, backend: str, targets: dict[str, float], where: str, reps: int = 1000
+) -> ModelCard:
+    """Predict the labelled rows of `df` with `backend` and `fit` on those that decode."""
+    from skinscan.evaluation.classifier import predict_frame
+
+    df, logits, _ = predict_frame(bundle, df, backend, progress=False)
+    return fit(bundle, df, logits, targets, where, reps)
+
+
 def run(cfg: CalibrateConfig) -> ModelCard:
     from skinscan.data import storage
-    from skinscan.evaluation.classifier import predict_logits, select_eval_set
+    from skinscan.evaluation.classifier import select_eval_set
 
     if storage.is_remote(cfg.model):
         raise ConfigError(f"{cfg.model}: calibrate a local copy of the bundle, then upload it")
@@ -118,7 +128,5 @@ def run(cfg: CalibrateConfig) -> ModelCard:
         from conversion.onnx_export import ensure_onnx
 
         ensure_onnx(bundle)
-    logits, errors = predict_logits(bundle, df["uri"].tolist(), cfg.backend)
-    keep = np.array([i not in errors for i in range(len(df))], bool)
     where = f"{Path(data).name} split {cfg.split}" if cfg.split else Path(data).name
-    return fit(bundle, df[keep].reset_index(drop=True), logits[keep], cfg.flag.target_sensitivity, where, cfg.bootstrap)
+    return calibrate_frame(bundle, df, cfg.backend, cfg.flag.target_sensitivity, where, cfg.bootstrap)

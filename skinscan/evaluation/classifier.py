@@ -96,6 +96,13 @@ def predict_logits(bundle: Path, uris: list[str], backend: str, batch_size: int 
     return logits, errors
 
 
+def predict_frame(bundle: Path, df: pd.DataFrame, backend: str, progress: bool = True):
+    """(rows that decoded, their logits, decode errors) for a manifest frame."""
+    logits, errors = predict_logits(bundle, df["uri"].tolist(), backend, progress=progress)
+    keep = np.array([i not in errors for i in range(len(df))], bool)
+    return df[keep].reset_index(drop=True), logits[keep], errors
+
+
 def _md_table(raw: dict, over: dict, classes: list[str]) -> str:
     lines = [
         "| class | precision | recall | F1 | support | precision (os) | recall (os) | F1 (os) | support (os) |",
@@ -155,9 +162,7 @@ def evaluate(
     if backend == "onnxruntime":
         ensure_onnx(bundle)
     t0 = time.time()
-    logits, errors = predict_logits(bundle, df["uri"].tolist(), backend, progress=progress)
-    keep = np.array([i not in errors for i in range(len(df))], bool)
-    df, logits = df[keep].reset_index(drop=True), logits[keep]
+    df, logits, errors = predict_frame(bundle, df, backend, progress)
     y = df["label"].map(classes.index).to_numpy()
     probs = softmax(logits, card.temperature)  # the card's temperature: what every screening backend applies
     raw = evaluate_probs(y, probs, classes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from skinscan.data import splits
 from skinscan.evaluation.metrics import bootstrap_ci, classification_summary, screening_rates, weighted_auc
 from skinscan.models.calibration import MALIGNANT_ORDERED, FlagRule
 
@@ -22,21 +23,17 @@ RATES = ("sensitivity", "specificity", "ppv", "referrals_per_1000")
 
 
 def lesion_groups(df: pd.DataFrame) -> np.ndarray:
-    """Bootstrap unit per row: the lesion id, or the image id where none is recorded."""
-    lesion = df["lesion_id"] if "lesion_id" in df else pd.Series([None] * len(df))
-    return np.where(lesion.notna(), lesion.astype(str), "img:" + df["image_id"].astype(str)).astype(str)
+    """Bootstrap unit per row: the split's grouping (the lesion id, or the image where none is recorded)."""
+    return splits.lesion_groups(df).to_numpy()
 
 
 def rule_decisions(probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule) -> dict:
     """name -> (flagged, truly positive) for each operating point and for the screening flag (`flag`: any point
     fired; positive = a malignant class)."""
-    flagged, _ = rule.apply(probs, classes)
+    fired = rule.fired(probs, classes)
     truth = np.array(classes)[y]
-    out = {}
-    for name, (members, t) in rule.points.items():
-        one = FlagRule({name: (members, t)}, rule.source).apply(probs, classes)[0]
-        out[name] = (one, np.isin(truth, members))
-    out["flag"] = (flagged, np.isin(truth, MALIGNANT_ORDERED))
+    out = {name: (fired[:, j], np.isin(truth, members)) for j, (name, (members, _)) in enumerate(rule.points.items())}
+    out["flag"] = (fired.any(1), np.isin(truth, MALIGNANT_ORDERED))
     return out
 
 

@@ -75,16 +75,23 @@ class FlagRule:
         parts = [f"P({'+'.join(self.points[n][0])}) >= {self.points[n][1]:.4g}" for n in names]
         return " or ".join(parts) + f" [{self.source}]"
 
-    def apply(self, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
-        """(flagged [n], per-row rule text: the points that fired, else the whole rule)."""
-        fired = np.zeros((len(probs), len(self.points)), bool)
+    def fired(self, probs: np.ndarray, classes: list[str]) -> np.ndarray:
+        """[n, points] whether each point's score reaches its threshold (False for a point the model lacks)."""
+        out = np.zeros((len(probs), len(self.points)), bool)
         for j, (members, t) in enumerate(self.points.values()):
             if any(c in classes for c in members):
-                fired[:, j] = rule_scores(probs, classes, list(members)) >= t
+                out[:, j] = rule_scores(probs, classes, list(members)) >= t
+        return out
+
+    def apply(self, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+        """(flagged [n], per-row rule text: the points that fired, else the whole rule)."""
+        fired = self.fired(probs, classes)
         names = list(self.points)
-        whole = self.describe()
-        text = [self.describe([names[j] for j in np.flatnonzero(f)]) if f.any() else whole for f in fired]
-        return fired.any(1), text
+        texts: dict[tuple, str] = {}  # one description per combination of points, not per row
+        for f in map(tuple, fired):
+            if f not in texts:
+                texts[f] = self.describe([n for n, on in zip(names, f) if on]) if any(f) else self.describe()
+        return fired.any(1), [texts[tuple(f)] for f in fired]
 
 
 def fixed_rule(classes: list[str], threshold: float, source: str) -> FlagRule:

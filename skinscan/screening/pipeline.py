@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from skinscan.config import ScreenConfig
 from skinscan.errors import ConfigError, DataError, SkinScanError
-from skinscan.ray_connect import connect, quiet_stderr
+from skinscan.ray_connect import connect, quiet_stderr, starts_local_ray
 from skinscan.screening.output import check_and_record, check_writable, record_summary
 from skinscan.screening.writer import done_keys, list_parts, prune_stale, read_results, uri_keys, write_batch
 
@@ -37,20 +37,13 @@ def _check_models(cfg: ScreenConfig) -> None:
         raise ConfigError("crop_to_lesion needs a segmenter")
 
 
-def _local_ray(address: str | None) -> bool:
-    import os
-
-    return not (address or os.environ.get("RAY_ADDRESS")) or (address or "").startswith("local")
-
-
 def _check_backend(cfg: ScreenConfig, address: str | None) -> None:
-    """The backend's engine files exist and match the card; on a local Ray, its library is importable here too
-    (on a cluster the workers may have what the driver lacks)."""
-    if cfg.backend == "tensorrt":
+    """TensorRT is importable here when this run starts its own Ray (on a cluster the workers may have what the
+    driver lacks)."""
+    if cfg.backend == "tensorrt" and starts_local_ray(address):
         from skinscan.runtime.tensorrt import require_tensorrt
 
-        if _local_ray(address):
-            require_tensorrt()
+        require_tensorrt()
 
 
 def _prepare_onnx(cfg: ScreenConfig) -> None:

@@ -109,7 +109,7 @@ def decode_batch(
                 raise ImageDecodeError(uri, "refused", why)
             datas[i] = read_bytes(uri, max_bytes)
         except TooLarge as err:
-            datas[i] = ImageDecodeError(uri, "too_large", str(err).split(": ", 1)[-1])
+            datas[i] = ImageDecodeError(uri, "too_large", str(err))
         except Exception as err:  # noqa: BLE001 - recorded as an error row below
             datas[i] = err
     gpu: list = [None] * n
@@ -360,9 +360,7 @@ class ClassifyStage:
             is_flag, why = self.rule.apply(probs, self.classes)
             flagged[ok] = is_flag
             for j, i in enumerate(ok):
-                rule_text[i] = why[j]
-            for j, i in enumerate(ok):
-                pred_cls[i], conf[i] = self.classes[top[j]], probs[j, top[j]]
+                pred_cls[i], conf[i], rule_text[i] = self.classes[top[j]], probs[j, top[j]], why[j]
             te = time.perf_counter()
             want = np.ones(len(ok), bool) if self.explain == "all" else is_flag if self.explain == "flagged" else None
             if want is not None:
@@ -425,10 +423,11 @@ class ExplainStage:
         self.method, self.classes, self.size = method, self.card.class_names, self.card.input_size
 
     def __call__(self, batch: dict) -> dict:
-        batch = text_back(batch)
         import torch
 
         from skinscan.explain.registry import explain, storage_form
+
+        batch = text_back(batch)
 
         t0 = time.perf_counter()
         n = len(batch["uri"])

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import uuid
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from skinscan.data import storage
 from skinscan.data.listing import uri_keys
 from skinscan.screening.schema import SCHEMA
 
@@ -72,20 +72,12 @@ def part_name(uris) -> str:
 
 
 def write_part(output: str, table: pa.Table) -> str:
-    """Write one part atomically; returns its name."""
-    fs, root = _fs(output)
-    name = f"{root}/{part_name(table.column('uri').to_pylist())}"
+    """Write one part atomically (`storage.write_bytes`); returns its name."""
+    name = part_name(table.column("uri").to_pylist())
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    if "file" in fs.protocol or "local" in fs.protocol:
-        fs.makedirs(root, exist_ok=True)
-        tmp = f"{name}.{uuid.uuid4().hex[:8]}.tmp"
-        with fs.open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        fs.mv(tmp, name)
-    else:
-        fs.pipe_file(name, buf.getvalue())  # one PUT: atomic on object stores
-    return name.rsplit("/", 1)[-1]
+    storage.write_bytes(storage.join(storage.join(output, RESULTS_DIR), name), buf.getvalue())
+    return name
 
 
 def write_batch(batch: dict, output: str) -> dict:

@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from skinscan.config import TrainConfig, save_config
@@ -236,16 +235,13 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
 
 def calibrate_on_validation(bundle: Path, df: pd.DataFrame, cfg: TrainConfig) -> None:
     """Temperature scaling and operating points on the validation split, into the bundle's card."""
-    from skinscan.evaluation.calibrate import fit
-    from skinscan.evaluation.classifier import predict_logits
+    from skinscan.evaluation.calibrate import calibrate_frame
 
     val = df[df["split"] == "val"].reset_index(drop=True)
     if val.empty:
         print("[train] no validation split: no calibration or operating points (see skinscan calibrate)")
         return
-    logits, errors = predict_logits(bundle, val["uri"].tolist(), "torch", progress=False)
-    keep = np.array([i not in errors for i in range(len(val))], bool)
-    fit(bundle, val[keep].reset_index(drop=True), logits[keep], cfg.flag.target_sensitivity, "validation split")
+    calibrate_frame(bundle, val, "torch", cfg.flag.target_sensitivity, "validation split")
 
 
 def write_bundle(
