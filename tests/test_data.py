@@ -1,4 +1,6 @@
+import hashlib
 import io
+import multiprocessing
 import tarfile
 import zipfile
 
@@ -61,8 +63,6 @@ def test_folder_per_class_from_every_storage(kind, tmp_path):
     assert list(df.columns) == MANIFEST_COLUMNS
     assert sorted(df["label"]) == ["BCC", "MEL", "NV"]
     for uri, sha in zip(df["uri"], df["sha256"]):
-        import hashlib
-
         assert hashlib.sha256(storage.read_bytes(uri)).hexdigest() == sha
     un = read_unlabeled(root)
     assert len(un) == 3 and un["label"].isna().all()
@@ -279,3 +279,23 @@ def test_overlap_recipe_keeps_isic_lesion_ids_so_splits_stay_lesion_grouped(tmp_
     assert main(["data", "overlap", str(gt), str(ham), "-o", str(out2)]) == 0
     assert "no lesion ids" in capsys.readouterr().err
     assert build_manifest(DataConfig(source=str(out2)))["lesion_id"].isna().all()
+
+
+def _read_all_members(uris: list[str], rounds: int) -> list[str]:
+    return [hashlib.sha1(storage.read_bytes(u)).hexdigest() for _ in range(rounds) for u in uris]
+
+
+def test_forked_processes_read_an_archive_the_parent_opened(tmp_path):
+    """DataLoader workers are forked after the parent listed the zip: each must open the archive itself, or the
+    shared file offset makes concurrent readers see other members' bytes (CI failed on this, 'Bad magic number')."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(40):
+            zf.writestr(f"m{i}.bin", rng.bytes(200_000))
+    uris = storage.list_files(str(path))  # the parent opens (and caches) the archive before forking
+    expected = _read_all_members(uris, 1)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        got = pool.starmap(_read_all_members, [(uris, 5)] * 4)
+    assert all(g == expected * 5 for g in got)

@@ -2,7 +2,7 @@
 
 An archive member is addressed with fsspec's chained-URL syntax, e.g. ``zip://images/a.jpg::/data/x.zip``
 or ``tar://a.jpg::s3://bucket/x.tar.gz``. Archive filesystems are cached per process, so listing or reading
-many members opens each archive once.
+many members opens each archive once (forked children open their own).
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ def archive_fs(kind: str, archive_uri: str, compression: str | None = None) -> f
         return fsspec.filesystem(kind, fo=archive_uri)
     except Exception as err:  # noqa: BLE001 - any failure means the archive is unreadable
         raise DataError(f"cannot open {kind} archive {archive_uri}: {err}") from None
+
+
+# A forked child (a DataLoader worker) must open archives itself: the parent's file object shares its offset with
+# the child, and concurrent readers then get each other's bytes.
+os.register_at_fork(after_in_child=archive_fs.cache_clear)
 
 
 def split_chained(uri: str) -> tuple[str, str, str] | None:
