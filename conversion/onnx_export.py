@@ -26,7 +26,7 @@ def _export_module(card: ModelCard, model: torch.nn.Module, with_features: bool)
         return model, ["mask_logits"]
     if with_features:
         return LogitsAndFeatures(model).eval(), ["logits", "features"]
-    return model, ["logits"]
+    return model, ["logits"]  # a metadata model's forward(x, meta) is the fused path
 
 
 def export_onnx(
@@ -46,9 +46,15 @@ def export_onnx(
     model, card = load_bundle(bundle)
     module, outputs = _export_module(card, model, with_features)
     size = card.input_size
-    x = torch.randn(2, 3, size, size)
+    args = [torch.randn(2, 3, size, size)]
+    names = ["input"]
+    if card.uses_metadata:  # a metadata model reads a second input: the encoded metadata (zeros: unknown)
+        from skinscan.data.metadata import METADATA_DIM
+
+        args.append(torch.rand(2, METADATA_DIM))
+        names.append("metadata")
     if fp16:
-        module, x = module.half(), x.half()
+        module, args = module.half(), [a.half() for a in args]
     out = Path(out) if out else bundle / ("model.fp16.onnx" if fp16 else "model.onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -59,12 +65,12 @@ def export_onnx(
         try:
             program = torch.onnx.export(
                 module,
-                (x,),
+                tuple(args),
                 dynamo=True,
                 opset_version=opset,
-                input_names=["input"],
+                input_names=names,
                 output_names=outputs,
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=tuple({0: batch} for _ in args),
                 verbose=False,
                 external_data=False,
             )

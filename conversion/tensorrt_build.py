@@ -47,9 +47,10 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     profile = builder.create_optimization_profile()
-    inp = network.get_input(0)
-    chw = tuple(inp.shape)[1:]
-    profile.set_shape(inp.name, (min_batch, *chw), (opt_batch, *chw), (max_batch, *chw))
+    for i in range(network.num_inputs):  # the image, and the metadata vector of a metadata model: batch dynamic
+        inp = network.get_input(i)
+        rest = tuple(inp.shape)[1:]
+        profile.set_shape(inp.name, (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -54,6 +54,9 @@ class ModelConfig(Section):
     img_size: int = Field(224, ge=16, le=2048)
     pretrained: bool | str = False  # True: timm hub (needs network); a path: local weights file
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # classifiers: fuse age, sex and anatomical site (where the manifest has them) with the pooled image features;
+    # rows without metadata get the image-only prediction (skinscan.models.fusion)
+    metadata: bool = False
 
 
 class AugmentConfig(Section):
@@ -140,6 +143,9 @@ class TrainConfig(Section):
     colour_constancy_p: float | None = Field(None, ge=1)
     # classify: after training, fit temperature scaling and choose the operating points on the validation split
     calibrate: bool = True
+    # model.metadata: each training image's metadata is withheld with this probability, so the image path stays a
+    # classifier of its own (rows without metadata at screening get it)
+    metadata_withheld: float = Field(0.5, ge=0, le=1)
     flag: FlagTargets = Field(default_factory=FlagTargets)
 
     @property
@@ -160,6 +166,8 @@ class TrainConfig(Section):
             raise ValueError("augment.mixup_alpha / cutmix_alpha mix class labels: set them to 0 for task: segment")
         if self.lesion_mask_weight and (self.task != "classify" or self.augment.mixing):
             raise ValueError("lesion_mask_weight is an auxiliary loss of task: classify, without mixup/CutMix")
+        if self.model.metadata and (self.task != "classify" or self.augment.mixing):
+            raise ValueError("model.metadata is for task: classify, without mixup/CutMix (they mix images, not ages)")
         if self.augment.mixing and self.batch_size % 2:
             raise ValueError(f"mixing pairs the images of a batch: batch_size must be even, not {self.batch_size}")
         return self
@@ -173,6 +181,7 @@ class SynthConfig(Section):
     classes: list[str] = Field(default_factory=lambda: ["MEL", "NV", "BCC", "BKL"])
     imbalance: float = Field(4.0, ge=1)  # largest / smallest class count
     seed: int = 0
+    metadata: bool = False  # age, sex and site in the metadata CSV, depending on the class
 
     @field_validator("classes")
     @classmethod

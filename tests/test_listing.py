@@ -45,16 +45,21 @@ def test_archive_folder_and_chunks(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
-def test_manifest_is_streamed_with_only_ids_and_uris(tmp_path, suffix):
+def test_manifest_is_streamed_with_only_ids_uris_and_metadata(tmp_path, suffix):
     df = pd.DataFrame({"image_id": [f"i{k}" for k in range(7)], "uri": [f"/data/{k}.jpg" for k in range(7)]})
     df["label"] = "NV"
+    df["age"] = [30, None, 50, 60, 70, 80, 90]
+    df["sex"] = ["male", "female", None, "unknown", "male", "male", "female"]
     path = tmp_path / f"m.{suffix}"
     df.to_csv(path, index=False) if suffix == "csv" else df.to_parquet(path)
     (unit,) = plan_units(str(path))
     chunks = list(iter_unit(unit, chunk_rows=3))
-    assert [c.num_rows for c in chunks] == [3, 3, 1] and chunks[0].column_names == ["image_id", "uri", "key"]
+    assert [c.num_rows for c in chunks] == [3, 3, 1]
+    assert chunks[0].column_names == ["image_id", "uri", "key", "age", "sex", "site"]  # never the label
     got = pd.concat([c.to_pandas() for c in chunks])
     assert got["uri"].tolist() == df["uri"].tolist() and got["image_id"].tolist() == df["image_id"].tolist()
+    assert got["age"].fillna(-1).tolist() == [30, -1, 50, 60, 70, 80, 90] and got["site"].isna().all()
+    assert got["sex"].tolist()[:3] == ["male", "female", None]
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path):

@@ -12,7 +12,8 @@ from skinscan.data.transforms import to_model_input
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, label index); with `mask_uris`, (image, mask tensor [1,H,W] float) or (image, label, mask).
+    """(image tensor, label index); with `mask_uris`, (image, mask tensor [1,H,W] float) or (image, label, mask);
+    with `metadata` ([N, METADATA_DIM], `skinscan.data.metadata`), the item's metadata vector last.
 
     Images are decoded at `load_size` (JPEG draft mode) on first use and cached, so later epochs only
     augment; the cache holds at most `cache_limit_mb` (per process: each DataLoader worker has its own).
@@ -29,6 +30,7 @@ class ImageDataset(torch.utils.data.Dataset):
         cache: bool = True,
         cache_limit_mb: float | None = None,
         norm: Normalization = IMAGENET,
+        metadata: np.ndarray | None = None,
     ):
         self.uris = list(uris)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
@@ -37,6 +39,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.cache_limit = None if cache_limit_mb is None else cache_limit_mb * 2**20
         self.cached_bytes = 0
         self.norm = norm  # the bundle's normalisation (colour constancy included)
+        self.metadata = None if metadata is None else torch.from_numpy(np.asarray(metadata, np.float32))
         self._img: dict[int, np.ndarray] = {}
         self._mask: dict[int, np.ndarray] = {}
 
@@ -73,6 +76,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return arr
 
     def __getitem__(self, i: int):
+        item = self._item(i)
+        return item if self.metadata is None else (*item, self.metadata[i])
+
+    def _item(self, i: int):
         img = tv_tensors.Image(torch.from_numpy(self.image(i)).permute(2, 0, 1))
         if self.mask_uris is not None:
             mask = tv_tensors.Mask(torch.from_numpy(self.mask(i))[None])

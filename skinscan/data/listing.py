@@ -3,7 +3,8 @@
 `plan_units` looks only at the top of the input (cheap, on the driver) and returns listing units: each archive, each
 top-level subfolder of a folder or object-store prefix, the folder's own files, or one manifest. `iter_unit`
 lists one unit (in a Ray read task) and yields Arrow tables of `image_id`, `uri` and `key` (the 64-bit resume key of
-the URI), `chunk_rows` at a time. Image ids are file stems, made unique within a unit as `read_unlabeled` does.
+the URI), with `age`, `sex` and `site` where a manifest has them, `chunk_rows` at a time. Image ids are file stems,
+made unique within a unit as `read_unlabeled` does.
 """
 
 from __future__ import annotations
@@ -16,13 +17,24 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from skinscan.data import storage
-from skinscan.data.manifest import build_manifest, unique_ids
+from skinscan.data.manifest import METADATA_COLUMNS, build_manifest, typed_metadata, unique_ids
 from skinscan.errors import DataError
 
-LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("key", pa.uint64())])
+LISTING_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("uri", pa.string()),
+        ("key", pa.uint64()),
+        # patient metadata, from a manifest that has the columns (null elsewhere): for models that read it
+        ("age", pa.float64()),
+        ("sex", pa.string()),
+        ("site", pa.string()),
+    ]
+)
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 
 
@@ -96,17 +108,28 @@ def plan_units(uri: str) -> list[Unit]:
     return ([Unit("files", uri)] if has_files else []) + [Unit("tree", d) for d in dirs]
 
 
-def _table(ids: list[str], uris: list[str]) -> pa.Table:
-    return pa.table(
-        {"image_id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string()), "key": uri_keys(uris)},
-        schema=LISTING_SCHEMA,
-    )
+def _table(ids: list[str], uris: list[str], meta: dict[str, list] | None = None) -> pa.Table:
+    meta = meta or {}
+    cols = {"image_id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string()), "key": uri_keys(uris)}
+    for name in METADATA_COLUMNS:
+        field = LISTING_SCHEMA.field(name)
+        cols[name] = pa.array(meta[name], field.type) if name in meta else pa.nulls(len(uris), field.type)
+    return pa.table(cols, schema=LISTING_SCHEMA)
 
 
-def _chunks(uris: list[str], chunk_rows: int, ids: list[str] | None = None) -> Iterator[pa.Table]:
+def _chunks(
+    uris: list[str], chunk_rows: int, ids: list[str] | None = None, meta: pd.DataFrame | None = None
+) -> Iterator[pa.Table]:
     ids = unique_ids(uris) if ids is None else ids
     for i in range(0, len(uris), chunk_rows):
-        yield _table(ids[i : i + chunk_rows], uris[i : i + chunk_rows])
+        part = None if meta is None else _meta_lists(meta.iloc[i : i + chunk_rows])
+        yield _table(ids[i : i + chunk_rows], uris[i : i + chunk_rows], part)
+
+
+def _meta_lists(df: pd.DataFrame) -> dict[str, list]:
+    """The metadata columns a frame has, typed for the listing (unknown: None)."""
+    df = typed_metadata(df[[c for c in METADATA_COLUMNS if c in df]].copy())
+    return {c: [None if pd.isna(v) else v for v in df[c].tolist()] for c in df.columns}
 
 
 def _is_skinscan_manifest(uri: str) -> bool:
@@ -127,13 +150,17 @@ def _iter_manifest(uri: str, chunk_rows: int) -> Iterator[pa.Table]:
         from skinscan.config import DataConfig
 
         df = build_manifest(DataConfig(source=uri, hash=False))
-        yield from _chunks(df["uri"].astype(str).tolist(), chunk_rows, df["image_id"].astype(str).tolist())
+        yield from _chunks(df["uri"].astype(str).tolist(), chunk_rows, df["image_id"].astype(str).tolist(), df)
         return
-    cols = ["image_id", "uri"]
     with fsspec.open(uri, "rb") as f:
         if uri.lower().endswith(".parquet"):
-            batches = pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=cols)
+            pf = pq.ParquetFile(f)
+            cols = ["image_id", "uri", *(c for c in METADATA_COLUMNS if c in pf.schema_arrow.names)]
+            batches = pf.iter_batches(batch_size=chunk_rows, columns=cols)
         else:
+            head = f.readline().decode("utf-8", "replace").strip().split(",")
+            f.seek(0)
+            cols = ["image_id", "uri", *(c for c in METADATA_COLUMNS if c in head)]
             batches = pacsv.open_csv(
                 f,
                 read_options=pacsv.ReadOptions(block_size=64 * chunk_rows),
@@ -145,7 +172,8 @@ def _iter_manifest(uri: str, chunk_rows: int) -> Iterator[pa.Table]:
                 ids, uris = b.column("image_id").to_pylist(), b.column("uri").to_pylist()
                 if any(u is None for u in uris):
                     raise DataError(f"{uri}: empty uri in the manifest")
-                yield _table([i if i is not None else storage.stem(u) for i, u in zip(ids, uris)], uris)
+                meta = _meta_lists(b.select(cols[2:]).to_pandas()) if len(cols) > 2 else None
+                yield _table([i if i is not None else storage.stem(u) for i, u in zip(ids, uris)], uris, meta)
 
 
 def iter_unit(unit: Unit, chunk_rows: int = 4096) -> Iterator[pa.Table]:

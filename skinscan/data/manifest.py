@@ -112,14 +112,14 @@ def _finish(df: pd.DataFrame, source: str, hash_bytes: bool) -> pd.DataFrame:
     df = df[MANIFEST_COLUMNS + [c for c in [*METADATA_COLUMNS, "source_split"] if c in df]].reset_index(drop=True)
     df["label"] = df["label"].astype("object").where(df["label"].notna(), None)
     df["lesion_id"] = df["lesion_id"].astype("object").where(df["lesion_id"].notna(), None)
-    df = _typed_metadata(df)
+    df = typed_metadata(df)
     if df["image_id"].duplicated().any():
         dup = df["image_id"][df["image_id"].duplicated()].iloc[0]
         raise DataError(f"{source}: duplicate image_id {dup}")
     return df
 
 
-def _typed_metadata(df: pd.DataFrame) -> pd.DataFrame:
+def typed_metadata(df: pd.DataFrame) -> pd.DataFrame:
     """One type per metadata column whatever the source wrote (ISIC 2017 has ages like "unknown"): age a number
     (NaN where unknown), sex and site text (None where unknown). Sources then concatenate and write to Parquet."""
     if "age" in df:
@@ -254,7 +254,7 @@ def read_manifest_file(uri: str) -> pd.DataFrame:
     df = df[MANIFEST_COLUMNS + extra]
     for col in ("label", "lesion_id"):
         df[col] = df[col].astype("object").where(df[col].notna(), None)
-    return _typed_metadata(df)
+    return typed_metadata(df)
 
 
 def write_manifest(df: pd.DataFrame, path: str) -> str:

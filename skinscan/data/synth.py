@@ -149,6 +149,19 @@ class _Writer:
             self.tf.close()
 
 
+SITE_BY_CLASS = {"MEL": "posterior torso", "NV": "lower extremity", "BCC": "head/neck", "BKL": "anterior torso"}
+
+
+def synthetic_metadata(labels: pd.Series, rng: np.random.Generator) -> pd.DataFrame:
+    """ISIC-style age, sex and site that depend on the class (older for MEL/BCC/BKL, a typical site per class,
+    1 in 5 sites unknown), so a metadata model has something to learn."""
+    older = labels.isin(["MEL", "BCC", "BKL", "AK", "SCC"]).to_numpy()
+    age = np.where(older, rng.normal(65, 8, len(labels)), rng.normal(35, 8, len(labels))).clip(5, 90).round(-1)
+    site = [SITE_BY_CLASS.get(c, "upper extremity") if rng.random() > 0.2 else None for c in labels]
+    sex = rng.choice(["male", "female"], len(labels))
+    return pd.DataFrame({"age_approx": age, "sex": sex, "anatom_site_general": site}, index=labels.index)
+
+
 def generate(cfg: SynthConfig, progress: bool = True) -> pd.DataFrame:
     """Write the synthetic dataset to `cfg.output`; return its ground truth (image_id, label)."""
     out = Path(cfg.output)
@@ -177,6 +190,8 @@ def generate(cfg: SynthConfig, progress: bool = True) -> pd.DataFrame:
     csv = pd.concat([gt["image_id"].rename("image"), onehot], axis=1)
     writer.add("ISIC_2019_Training_GroundTruth.csv", csv.to_csv(index=False).encode())
     meta = pd.DataFrame({"image": gt["image_id"], "lesion_id": "SYNLES_" + gt["image_id"].str[4:]})
+    if cfg.metadata:
+        meta = pd.concat([meta, synthetic_metadata(gt["label"], np.random.default_rng([cfg.seed, 1]))], axis=1)
     writer.add("ISIC_2019_Training_Metadata.csv", meta.to_csv(index=False).encode())
     writer.close()
     if out.suffix:

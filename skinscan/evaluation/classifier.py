@@ -63,9 +63,16 @@ def leakage_check(bundle: Path, df: pd.DataFrame) -> dict:
     }
 
 
-def predict_logits(bundle: Path, uris: list[str], backend: str, batch_size: int = 32, progress: bool = True):
+def predict_logits(
+    bundle: Path,
+    uris: list[str],
+    backend: str,
+    batch_size: int = 32,
+    progress: bool = True,
+    metadata: np.ndarray | None = None,
+):
     """Logits for every decodable image (probabilities: `calibration.softmax(logits, card.temperature)`); decode
-    errors are returned, not raised."""
+    errors are returned, not raised. `metadata` ([N, METADATA_DIM]) goes to a model that reads it."""
     from skinscan.data.preprocess import load_image, normalize_batch
     from skinscan.runtime import create_predictor
 
@@ -89,7 +96,8 @@ def predict_logits(bundle: Path, uris: list[str], backend: str, batch_size: int 
                 if isinstance(a, ImageDecodeError):
                     errors[start + i] = str(a)
             if ok:
-                out = predictor.predict(normalize_batch(np.stack([loaded[i] for i in ok]), norm))
+                meta = None if metadata is None else metadata[[start + i for i in ok]]
+                out = predictor.predict(normalize_batch(np.stack([loaded[i] for i in ok]), norm), meta)
                 logits[[start + i for i in ok]] = out.logits
             bar.update(len(loaded))
     bar.close()
@@ -97,8 +105,12 @@ def predict_logits(bundle: Path, uris: list[str], backend: str, batch_size: int 
 
 
 def predict_frame(bundle: Path, df: pd.DataFrame, backend: str, progress: bool = True):
-    """(rows that decoded, their logits, decode errors) for a manifest frame."""
-    logits, errors = predict_logits(bundle, df["uri"].tolist(), backend, progress=progress)
+    """(rows that decoded, their logits, decode errors) for a manifest frame (its age, sex and site go to a model
+    that reads them)."""
+    from skinscan.data.metadata import encode_frame
+
+    meta = encode_frame(df) if read_card(bundle).uses_metadata else None
+    logits, errors = predict_logits(bundle, df["uri"].tolist(), backend, progress=progress, metadata=meta)
     keep = np.array([i not in errors for i in range(len(df))], bool)
     return df[keep].reset_index(drop=True), logits[keep], errors
 

@@ -100,6 +100,9 @@ class ModelCard(_Open):
     architecture: Architecture
     input_size: int
     class_names: list[str] = Field(default_factory=list)
+    # what the model reads: the image, and with metadata fusion age, sex and site (encoded by
+    # skinscan.data.metadata; a row without them gets the image-only prediction)
+    inputs: list[str] = Field(default_factory=lambda: ["image"])
     normalization: Normalization = IMAGENET
     preprocessing: str = PREPROCESSING
     card_version: int = CARD_VERSION
@@ -122,6 +125,10 @@ class ModelCard(_Open):
     # written by calibration (after training, or `skinscan calibrate`)
     calibration: Calibration | None = None
     operating_points: dict[str, OperatingPoint] = Field(default_factory=dict)
+
+    @property
+    def uses_metadata(self) -> bool:
+        return len(self.inputs) > 1
 
     @property
     def temperature(self) -> float:
@@ -279,7 +286,12 @@ def checked_file(directory: str | Path, key: str) -> Path:
 def build_from_card(card: ModelCard) -> nn.Module:
     from skinscan.models.factory import create_model
 
-    cfg = ModelConfig(name=card.architecture.name, img_size=card.input_size, kwargs=card.architecture.kwargs)
+    cfg = ModelConfig(
+        name=card.architecture.name,
+        img_size=card.input_size,
+        kwargs=card.architecture.kwargs,
+        metadata=card.uses_metadata,
+    )
     return create_model(cfg, num_classes=len(card.class_names) or 1)
 
 

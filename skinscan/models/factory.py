@@ -1,6 +1,7 @@
 """Model factories by name: timm classifiers (Swin default, EfficientNet-B0 baseline, any timm name) and a U-Net.
 
-`create_model(cfg.model, num_classes, task)` builds either; `ModelConfig.kwargs` shrink any model for tests
+`create_model(cfg.model, num_classes, task)` builds either (`metadata: true`: the classifier wrapped in
+`MetadataFusion`); `ModelConfig.kwargs` shrink any model for tests
 (e.g. a 40k-parameter Swin: embed_dim=24, depths=[1,1], num_heads=[1,2], window_size=4). Pretrained weights
 come from a local file or an object-store URI (safetensors or a torch state dict, loaded with weights_only;
 fetched once per node) or, where the network allows, the timm hub; nothing in the tests or demo depends on them.
@@ -15,6 +16,7 @@ from torch import nn
 
 from skinscan.config import ModelConfig
 from skinscan.errors import BundleError, ConfigError
+from skinscan.models.fusion import MetadataFusion
 from skinscan.models.unet import UNet
 
 SEGMENTER_NAMES = ("unet",)
@@ -94,4 +96,5 @@ def create_model(cfg: ModelConfig, num_classes: int = 1) -> nn.Module:
         if isinstance(cfg.pretrained, str) and cfg.pretrained:
             load_pretrained(model, cfg.pretrained)
         return model
-    return create_classifier(cfg.name, num_classes, cfg.img_size, cfg.pretrained, **cfg.kwargs)
+    model = create_classifier(cfg.name, num_classes, cfg.img_size, cfg.pretrained, **cfg.kwargs)
+    return MetadataFusion(model) if cfg.metadata else model

@@ -7,9 +7,16 @@ import torch
 from torch import nn
 
 from skinscan.errors import BundleError
+from skinscan.models.fusion import MetadataFusion
+
+
+def image_model(model: nn.Module) -> nn.Module:
+    """The timm classifier itself, also inside a metadata-fusion wrapper."""
+    return model.model if isinstance(model, MetadataFusion) else model
 
 
 def is_swin(model: nn.Module) -> bool:
+    model = image_model(model)
     return type(model).__name__.startswith("SwinTransformer")
 
 
@@ -26,6 +33,7 @@ def head_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     fc = model.get_classifier()
     if not isinstance(fc, nn.Linear):
         raise BundleError(f"{type(model).__name__}: classifier is not a single Linear layer")
+    model = image_model(model)  # CAM explains the image path of a metadata model
     pool = getattr(getattr(model, "head", None), "global_pool", None) or getattr(model, "global_pool", None)
     if pool is not None and getattr(pool, "pool_type", "avg") != "avg":
         raise BundleError(f"{type(model).__name__}: global pool is {pool.pool_type}, not avg")
@@ -40,9 +48,9 @@ class LogitsAndFeatures(nn.Module):
         self.model = model
         self.swin = is_swin(model)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.model.forward_features(x)
-        logits = self.model.forward_head(f)
+        logits = self.model.forward_head(f) if meta is None else self.model.fused_head(f, meta)
         if self.swin:
             f = f.permute(0, 3, 1, 2)
         return logits, f
@@ -59,8 +67,8 @@ class LogitsAndMask(LogitsAndFeatures):
         super().__init__(model)
         self.mask_head = nn.Conv2d(model.num_features, 1, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, f = super().forward(x)
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, f = super().forward(x, meta)
         return logits, self.mask_head(f)
 
 

@@ -33,7 +33,19 @@ class Predictor(Protocol):
     card: ModelCard
     backend: str
 
-    def predict(self, x: np.ndarray) -> Prediction: ...
+    def predict(self, x: np.ndarray, meta: np.ndarray | None = None) -> Prediction: ...
+
+
+def metadata_input(card: ModelCard, meta: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The metadata batch a model reads: None for image-only models; zeros (unknown: the image-only prediction)
+    where a metadata model gets none."""
+    from skinscan.data.metadata import METADATA_DIM
+
+    if not card.uses_metadata:
+        return None
+    if meta is None:
+        return np.zeros((n, METADATA_DIM), np.float32)
+    return np.ascontiguousarray(meta, dtype=np.float32)
 
 
 def _cuda_available() -> bool:
@@ -74,10 +86,14 @@ class TorchPredictor:
         self.model = torch.compile(model) if compile else model
         self.torch = torch
 
-    def predict(self, x: np.ndarray) -> Prediction:
+    def predict(self, x: np.ndarray, meta: np.ndarray | None = None) -> Prediction:
         t = self.torch
+        meta = metadata_input(self.card, meta, len(x))
         with t.inference_mode():
-            out = self.model(t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype))
+            inputs = [t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)]
+            if meta is not None:
+                inputs.append(t.from_numpy(meta).to(self.device, self.dtype))
+            out = self.model(*inputs)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return Prediction([o.float().cpu().numpy() for o in outs])
 
@@ -112,13 +128,17 @@ class OnnxPredictor:
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        self.input = self.session.get_inputs()[0].name
+        self.inputs = [i.name for i in self.session.get_inputs()]  # image, then metadata for a metadata model
         self.input_dtype = np.float16 if fp16 else np.float32
         names = [o.name for o in self.session.get_outputs()]
         self.outputs = names if with_features else names[:1]
 
-    def predict(self, x: np.ndarray) -> Prediction:
-        outs = self.session.run(self.outputs, {self.input: np.ascontiguousarray(x, dtype=self.input_dtype)})
+    def predict(self, x: np.ndarray, meta: np.ndarray | None = None) -> Prediction:
+        feed = {self.inputs[0]: np.ascontiguousarray(x, dtype=self.input_dtype)}
+        meta = metadata_input(self.card, meta, len(x))
+        if meta is not None:
+            feed[self.inputs[1]] = meta.astype(self.input_dtype, copy=False)
+        outs = self.session.run(self.outputs, feed)
         return Prediction([o.astype(np.float32, copy=False) for o in outs])
 
 
@@ -135,10 +155,14 @@ class TensorRTPredictor:
         self.runner = TensorRTRunner(checked_file(bundle, "tensorrt_fp16" if fp16 else "tensorrt"))
         self.n_out = None if with_features else 1
 
-    def predict(self, x: np.ndarray) -> Prediction:
+    def predict(self, x: np.ndarray, meta: np.ndarray | None = None) -> Prediction:
         import torch
 
-        outs = self.runner(torch.from_numpy(np.ascontiguousarray(x)))
+        meta = metadata_input(self.card, meta, len(x))
+        inputs = [torch.from_numpy(np.ascontiguousarray(x))]
+        if meta is not None:
+            inputs.append(torch.from_numpy(meta))
+        outs = self.runner(*inputs)
         return Prediction([o.float().cpu().numpy() for o in outs[: self.n_out]])
 
 

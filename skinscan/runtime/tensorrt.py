@@ -72,15 +72,20 @@ class TensorRTRunner:
             trt.int64: t.int64,
         }[dt]
 
-    def __call__(self, x):
-        """x: CUDA or CPU tensor NCHW; returns the outputs as CUDA tensors, in engine order."""
+    def __call__(self, *xs):
+        """xs: CUDA or CPU tensors in engine input order (the NCHW image, then metadata for a metadata model);
+        returns the outputs as CUDA tensors, in engine order."""
         t = self.torch
-        name = self.inputs[0]
-        self.stream.wait_stream(t.cuda.current_stream())  # x may have been produced on the caller's stream
+        if len(xs) != len(self.inputs):
+            raise SkinScanError(f"the engine takes {len(self.inputs)} inputs {self.inputs}, not {len(xs)}")
+        self.stream.wait_stream(t.cuda.current_stream())  # inputs may have been produced on the caller's stream
         with t.cuda.stream(self.stream):
-            x = x.to("cuda", self.dtypes[name], non_blocking=True).contiguous()
-            self.context.set_input_shape(name, tuple(x.shape))
-            self.context.set_tensor_address(name, x.data_ptr())
+            keep = []  # the device copies must outlive the launch
+            for name, x in zip(self.inputs, xs):
+                x = x.to("cuda", self.dtypes[name], non_blocking=True).contiguous()
+                self.context.set_input_shape(name, tuple(x.shape))
+                self.context.set_tensor_address(name, x.data_ptr())
+                keep.append(x)
             outs = []
             for o in self.outputs:
                 out = t.empty(tuple(self.context.get_tensor_shape(o)), dtype=self.dtypes[o], device="cuda")

@@ -14,6 +14,7 @@
 | prob_MEL ... prob_SCC | float32 | per-class probabilities (null for classes the model lacks) |
 | flagged | bool | the flag rule fired: the bundle's operating points (chosen on validation) or a configured threshold |
 | flag_rule | string | flagged rows: the points that fired, e.g. `P(MEL) >= 0.213 [card]`; others: the whole rule |
+| metadata_used | bool | the classifier read this row's age, sex or site (a metadata model and a manifest with them) |
 | lesion_area | float32 | segmented lesion share of the image (null without a segmenter) |
 | bbox_x0, bbox_y0, bbox_x1, bbox_y1 | float32 | lesion bounding box, fractions of width/height |
 | mask_png | binary | lesion mask, 8-bit PNG at the segmenter's resolution (`mask_size`) |
@@ -55,6 +56,7 @@ SCHEMA = pa.schema(
         *[(c, pa.float32()) for c in PROB_COLUMNS],
         ("flagged", pa.bool_()),
         ("flag_rule", pa.string()),
+        ("metadata_used", pa.bool_()),
         ("lesion_area", pa.float32()),
         ("bbox_x0", pa.float32()),
         ("bbox_y0", pa.float32()),

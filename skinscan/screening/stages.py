@@ -12,10 +12,13 @@ import io
 import time
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
 from skinscan.data.imageio import decode_image, resize_square
+from skinscan.data.metadata import METADATA_INPUTS as METADATA_COLUMNS
+from skinscan.data.metadata import encode_frame, known
 from skinscan.data.preprocess import normalize_batch
 from skinscan.data.storage import DEFAULT_SCHEMES
 from skinscan.data.taxonomy import ISIC2019_CLASSES
@@ -166,6 +169,9 @@ def decode_batch(
     }
     if thumb is not None:
         out["thumb"] = thumb
+    for col in METADATA_COLUMNS:  # for a classifier that reads them (dropped there)
+        if col in batch:
+            out[col] = batch[col]
     return out
 
 
@@ -349,9 +355,14 @@ class ClassifyStage:
         thumbs = [None] * n
         t_explain = 0.0
         wanted = np.zeros(n, bool)
+        used = np.zeros(n, bool)
         if len(ok):
             x = normalize_batch(_resize_batch(batch["work"][ok], self.size), self.card.normalization)
-            out = self.predictor.predict(x)
+            meta = None
+            if self.card.uses_metadata:  # the manifest's age, sex and site; none known: the image-only prediction
+                meta = encode_frame(pd.DataFrame({c: batch[c][ok] for c in METADATA_COLUMNS if c in batch}, index=ok))
+                used[ok] = known(meta)
+            out = self.predictor.predict(x, meta)
             probs = softmax(out.logits, self.temperature)
             top = probs.argmax(1)
             for k, c in enumerate(self.classes):
@@ -380,7 +391,8 @@ class ClassifyStage:
                         Image.fromarray(batch["thumb"][i]).save(buf, "JPEG", quality=85)
                         thumbs[i] = buf.getvalue()
         t_cls = (time.perf_counter() - t0) * 1000 / max(1, n) - t_explain
-        out_batch = {k: v for k, v in batch.items() if k not in (("thumb",) if self.defer else ("work", "thumb"))}
+        dropped = ("thumb", *METADATA_COLUMNS) if self.defer else ("work", "thumb", *METADATA_COLUMNS)
+        out_batch = {k: v for k, v in batch.items() if k not in dropped}
         if self.defer:
             out_batch["explain_wanted"] = wanted
         out_batch.update(
@@ -391,6 +403,7 @@ class ClassifyStage:
                 **{col: probs_all[:, k] for k, col in enumerate(PROB_COLUMNS)},
                 "flagged": flagged,
                 "flag_rule": _obj(rule_text),
+                "metadata_used": used,
                 **heatmap_columns(self.method, heat, hm_cls, hh, hw),
                 "thumbnail_jpeg": _obj(thumbs),
                 "model_id": _obj([self.id] * n),

@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from skinscan.config import TrainConfig
 from skinscan.data.dataset import ImageDataset
+from skinscan.data.metadata import encode_frame
 from skinscan.data.preprocess import IMAGENET, Normalization
 from skinscan.data.sampling import DistributedOversampler
 from skinscan.data.transforms import train_transform
@@ -171,7 +173,9 @@ def make_loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
         budget_mb = per_process_mb * share
         need_mb = len(rows) * ImageDataset.item_bytes(size, mask_uris is not None) / 2**20
         cache = cfg.cache_images and need_mb <= budget_mb
-        return ImageDataset([r["uri"] for r in rows], labels, size, transform, mask_uris, cache, budget_mb, norm)
+        meta = encode_frame(pd.DataFrame(rows)) if cfg.model.metadata else None
+        uris = [r["uri"] for r in rows]
+        return ImageDataset(uris, labels, size, transform, mask_uris, cache, budget_mb, norm, meta)
 
     train_rows, val_rows = config["train"], config["val"]
     train_ds = dataset(train_rows, train_transform(cfg.model.img_size, cfg.augment), load_size, aux_mask, 0.8)
@@ -241,6 +245,7 @@ def _trainee(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) -> Traine
         use_amp=cfg.amp and bf16_autocast_supported(device),
         task=cfg.task,
         lesion_mask_weight=cfg.lesion_mask_weight,
+        metadata_withheld=cfg.metadata_withheld if cfg.model.metadata else None,
     )
 
 

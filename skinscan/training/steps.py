@@ -29,6 +29,7 @@ class Trainee:
     use_amp: bool
     task: str  # "classify" | "segment"
     lesion_mask_weight: float = 0.0
+    metadata_withheld: float | None = None  # a metadata model: each image's metadata is withheld this often
 
     @property
     def segment(self) -> bool:
@@ -37,6 +38,16 @@ class Trainee:
     @property
     def aux_mask(self) -> bool:
         return not self.segment and self.lesion_mask_weight > 0
+
+    @property
+    def metadata(self) -> bool:
+        return self.metadata_withheld is not None
+
+    def split_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """(x, y, [mask], metadata or None) from a loader batch: (x, y[, mask][, metadata])."""
+        x, y, *rest = batch
+        meta = rest.pop() if self.metadata else None
+        return x, y, rest, meta
 
     @property
     def eval_model(self) -> nn.Module:
@@ -64,6 +75,16 @@ def lesion_mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return nn.functional.binary_cross_entropy_with_logits(mask_logits[known], target)
 
 
+def withhold(meta: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The metadata batch with each row zeroed (unknown) with probability p: such rows train the image path."""
+    keep = torch.rand(len(meta), generator=generator) >= p
+    return meta * keep.to(meta.dtype)[:, None]
+
+
+def _forward(t: Trainee, model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None):
+    return model(x) if meta is None else model(x, meta)
+
+
 def _loss(t: Trainee, out, y: torch.Tensor, target: torch.Tensor, mask: list[torch.Tensor]) -> torch.Tensor:
     if t.segment:
         return nn.functional.binary_cross_entropy_with_logits(out, y) + dice_loss(out, y)
@@ -80,13 +101,16 @@ def train_one_epoch(t: Trainee, loader) -> tuple[float, int, Counter]:
     t.model.train()
     drawn: Counter = Counter()
     loss_sum, n_seen = 0.0, 0
-    for x, y, *mask in loader:
+    for batch in loader:
+        x, y, mask, meta = t.split_batch(batch)
         if not t.segment:
             drawn.update(y.tolist())
         x, target = t.mixer(x, y) if t.mixer else (x, y)
         x = x.contiguous(memory_format=t.memory_format)
+        if meta is not None:
+            meta = withhold(meta, t.metadata_withheld).to(x.device)
         with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.use_amp):
-            loss = _loss(t, t.model(x), y, target, mask)
+            loss = _loss(t, _forward(t, t.model, x, meta), y, target, mask)
         t.opt.zero_grad(set_to_none=True)
         loss.backward()
         t.opt.step()
@@ -103,8 +127,9 @@ def validate(t: Trainee, loader) -> tuple[list[np.ndarray], list[np.ndarray], fl
     model = t.eval_model.eval()
     preds, truths, vloss = [], [], 0.0
     with torch.no_grad(), torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.use_amp):
-        for x, y in loader:
-            out = model(x.contiguous(memory_format=t.memory_format))
+        for batch in loader:  # a metadata model is validated with the metadata there is
+            x, y, _, meta = t.split_batch(batch)
+            out = _forward(t, model, x.contiguous(memory_format=t.memory_format), meta)
             out = (out[0] if t.aux_mask else out).float()
             if t.segment:
                 vloss += float(nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum")) / out[0].numel()
