@@ -34,6 +34,17 @@ def parity_batch(card: ModelCard, source: str | None, n: int = 16) -> np.ndarray
     return normalize_batch(np.stack(arrs), card.normalization)
 
 
+def parity_metadata(n: int) -> np.ndarray:
+    """Encoded metadata for a parity batch: every field known in most rows, none in every fourth (image-only)."""
+    from skinscan.data.metadata import SITES, encode_row
+
+    rng = np.random.default_rng(0)
+    rows = [encode_row(rng.integers(10, 90), rng.choice(["male", "female"]), rng.choice(SITES)) for _ in range(n)]
+    meta = np.stack(rows)
+    meta[::4] = 0
+    return meta
+
+
 def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], task: str) -> dict:
     """max |diff| per output and top-1 agreement (classifiers) or mask agreement (segmenters)."""
     stats = {
@@ -59,7 +70,8 @@ def check_parity(
     """Run the same preprocessed batch (NCHW float32) through PyTorch and `backend`; raise ParityError on drift."""
     ref = create_predictor(bundle, "torch", with_features=False)
     other = create_predictor(bundle, backend, with_features=False, fp16=fp16)
-    r, g = ref.predict(images), other.predict(images)
+    meta = parity_metadata(len(images)) if ref.card.uses_metadata else None  # the fused path, not just the image's
+    r, g = ref.predict(images, meta), other.predict(images, meta)
     stats = compare_outputs([r.outputs[0]], [g.outputs[0]], read_card(bundle).task)
     stats.update({"backend": backend, "fp16": fp16, "tolerance": max_abs_diff, "min_agreement": min_agreement})
     agreement = stats.get("top1_agreement", stats.get("mask_agreement"))

@@ -68,6 +68,9 @@ def test_without_metadata_a_fused_model_gives_its_image_only_prediction(tmp_path
         p = create_predictor(bundle, backend, with_features=False, device="cpu")
         np.testing.assert_allclose(p.predict(x.numpy()).logits, image_only.numpy(), atol=1e-4)  # no metadata given
         np.testing.assert_allclose(p.predict(x.numpy(), meta.numpy()).logits, fused.numpy(), atol=1e-4)
+    from conversion.parity import check_parity
+
+    assert check_parity(bundle, x.numpy(), record=False)["passed"]  # `skinscan convert` checks the fused path
 
 
 def test_withheld_metadata_is_zeroed_at_the_configured_rate():

@@ -60,7 +60,7 @@ def count_results(output: str, input_keys: np.ndarray | None = None) -> dict:
     """Counts over everything written so far, matched by URI against `input_keys` (the inputs' resume keys) when
     given: inputs without a row (missing) and rows whose input is no longer listed (stale, named, never fatal).
     Reads only light columns; `screen` runs it as a Ray task, so no result row reaches the driver."""
-    t = read_results(output, ["uri", "status", "error_type", "predicted_class", "flagged"]).to_pandas()
+    t = read_results(output, ["uri", "status", "error_type", "predicted_class", "flagged", "metadata_used"]).to_pandas()
     dup = int(t["uri"].duplicated().sum())
     ok = t[t["status"] == "ok"]
     counts = {
@@ -73,6 +73,7 @@ def count_results(output: str, input_keys: np.ndarray | None = None) -> dict:
         "errors_by_type": {k: int(v) for k, v in t["error_type"].dropna().value_counts().items()},
         "per_class": {k: int(v) for k, v in ok["predicted_class"].value_counts().items()},
         "flagged": int(ok["flagged"].sum()),
+        "metadata_used": int((ok["metadata_used"] == True).sum()),  # noqa: E712 - null in older parts
     }
     if input_keys is not None:
         inputs = np.unique(input_keys)
@@ -449,6 +450,10 @@ def print_summary(s: dict) -> None:
             "they are kept and do not count as missing"
         )
     print(f"[screen] per class {s['per_class']}; flagged {s['flagged']} by {s.get('flag', {}).get('rule', '?')}")
+    if s.get("metadata_used"):
+        print(
+            f"[screen] {s['metadata_used']} of {s['ok']} images classified with their age/sex/site; the rest image-only"
+        )
     if s.get("images_per_s") is not None:
         print(
             f"[screen] this run: {s['this_run_rows']} images in {s['this_run_wall_s']} s "
