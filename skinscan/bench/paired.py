@@ -29,6 +29,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "configs/train/ham_isic2017_cpu.yaml",
         ["colour_constancy_p=6", "augment.channel_gain=0.1"],
     ),
+    "ham+isic2017+sog+metadata": (
+        "configs/train/ham_isic2017_cpu.yaml",
+        ["colour_constancy_p=6", "augment.channel_gain=0.1", "model.metadata=true"],
+    ),
 }
 # a shorter schedule than the configs' own, so that three seeds of two variants fit one session
 SCHEDULE = ["epochs=4", "max_train_samples_per_epoch=5000", "warmup_epochs=0.5", "time_budget_min=null"]
@@ -55,25 +59,42 @@ def one_run(work: Path, variant: str, seed: int, extra: list[str], external: Pat
     ev = bundle / "evaluation-test"
     _skinscan("evaluate", "--model", str(bundle), "--data", str(HAM), "--split", "test", "-o", str(ev),
               "--bootstrap", "200", "--external", f"isic2017_val={external}")  # fmt: skip
-    table = json.loads((ev / "external.json").read_text())
-    ham = next(v for k, v in table.items() if not k.endswith("(external)"))
-    other = table["isic2017_val (external)"]
-    history = json.loads((bundle / "history.json").read_text())
+    row = {"variant": variant, "seed": seed, **held_out_figures(ev), **val_figures(bundle), "overrides": sets}
+    return row
+
+
+def held_out_figures(ev: Path) -> dict:
+    ext = json.loads((ev / "external.json").read_text())
+    ham = next(v for k, v in ext.items() if not k.endswith("(external)"))
+    other = ext["isic2017_val (external)"]
     return {
-        "variant": variant,
-        "seed": seed,
         "ham_test_balanced_accuracy": ham["balanced_accuracy"]["value"],
         "ham_test_auc_MEL": ham["auc_MEL"]["value"],
         "isic2017_val_auc_MEL": other["auc_MEL"]["value"],
         "isic2017_val_balanced_accuracy": other["balanced_accuracy"]["value"],
-        "best_val_balanced_accuracy": max(e["balanced_accuracy"] for e in history),
-        "overrides": sets,
+    }
+
+
+def val_figures(bundle: Path) -> dict:
+    """What selection may look at: the HAM10000 validation split (the same images for every variant) and the best
+    epoch's pooled validation score (each variant's own validation split)."""
+    ev = bundle / "evaluation-val"
+    if not (ev / "evaluation.json").exists():
+        _skinscan("evaluate", "--model", str(bundle), "--data", str(HAM), "--split", "val", "-o", str(ev),
+                  "--bootstrap", "0")  # fmt: skip
+    r = json.loads((ev / "evaluation.json").read_text())
+    history = json.loads((bundle / "history.json").read_text())
+    return {
+        "ham_val_balanced_accuracy": r["raw"]["balanced_accuracy"],
+        "ham_val_auc_MEL": r["raw"]["auc"].get("MEL"),
+        "pooled_val_balanced_accuracy": max(e["balanced_accuracy"] for e in history),
     }
 
 
 def table(rows: list[dict]) -> str:
     """Per variant: each seed's figures and the mean, and the paired difference from the first variant."""
     keys = [
+        ("ham_val_balanced_accuracy", "HAM val bal. acc."),
         ("ham_test_balanced_accuracy", "HAM test bal. acc."),
         ("ham_test_auc_MEL", "HAM test MEL AUC"),
         ("isic2017_val_auc_MEL", "ISIC 2017 val MEL AUC"),
@@ -87,9 +108,13 @@ def table(rows: list[dict]) -> str:
     for v in variants:
         cells = []
         for k, _ in keys:
-            vals = [by[v, s][k] for s in seeds if (v, s) in by]
+            vals = [by[v, s][k] for s in seeds if (v, s) in by and by[v, s].get(k) is not None]
+            if not vals:
+                cells.append("-")
+                continue
             cell = " / ".join(f"{x:.3f}" for x in vals) + f" (mean {statistics.fmean(vals):.3f})"
-            paired = [by[v, s][k] - by[base, s][k] for s in seeds if (v, s) in by and (base, s) in by]
+            both = [s for s in seeds if (v, s) in by and (base, s) in by]
+            paired = [by[v, s][k] - by[base, s][k] for s in both if None not in (by[v, s].get(k), by[base, s].get(k))]
             if v != base and paired:
                 cell += f", paired diff {statistics.fmean(paired):+.3f} ({' '.join(f'{d:+.3f}' for d in paired)})"
             cells.append(cell)
@@ -109,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {(r["variant"], r["seed"]) for r in rows}
     external = external_manifest(a.work)
+    for row in rows:  # rows from before validation figures were recorded get them now
+        if "ham_val_balanced_accuracy" not in row:
+            row.update(val_figures(a.work / row["variant"] / f"seed{row['seed']}"))
+    if rows:
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for seed in a.seeds:  # seed-major: an interrupted study still holds complete pairs
         for variant in a.variants:
             if (variant, seed) in done:
