@@ -164,3 +164,29 @@ def test_a_metadata_model_trains_and_evaluates_with_its_metadata(ray_local, tmp_
     _, fused, _ = predict_frame(bundle, df, "torch", progress=False)
     _, image_only, _ = predict_frame(bundle, df.drop(columns=["age", "sex", "site"]), "torch", progress=False)
     assert not np.allclose(fused, image_only)
+
+
+def test_decoded_blocks_with_and_without_metadata_concatenate(tmp_path):
+    """A listing block whose metadata is all unknown reaches decode as float NaN (Ray's all-null columns); decode
+    hands text back, so it still concatenates with a block that has metadata before the classifier."""
+    import pyarrow as pa
+    from PIL import Image
+    from ray.data._internal.arrow_ops.transform_pyarrow import concat
+    from ray.data.block import BlockAccessor
+
+    from skinscan.data.listing import LISTING_SCHEMA
+    from skinscan.screening.stages import decode_batch
+
+    Image.new("RGB", (40, 40), (180, 120, 90)).save(tmp_path / "a.jpg")
+    uri = str(tmp_path / "a.jpg")
+    blocks = []
+    for sex, age in (([None, None], [None, None]), (["male", None], [40.0, None])):
+        listing = pa.table(
+            {"image_id": ["a", "b"], "uri": [uri, uri], "key": [1, 2], "age": age, "sex": sex, "site": [None, None]},
+            schema=LISTING_SCHEMA,
+        )
+        batch = BlockAccessor.for_block(listing).to_batch_format("numpy")
+        blocks.append(BlockAccessor.batch_to_block(decode_batch(batch, 32, 0, 10**8)))
+    table = concat(blocks)
+    assert table.column("sex").to_pylist() == [None, None, "male", None]
+    assert table.column("age").to_pylist()[2] == 40.0

@@ -34,7 +34,7 @@ def _obj(values) -> np.ndarray:
     return arr
 
 
-_TEXT_COLUMNS = frozenset(f.name for f in SCHEMA if f.type in (pa.string(), pa.binary()))
+_TEXT_COLUMNS = frozenset(f.name for f in SCHEMA if f.type in (pa.string(), pa.binary())) | {"sex", "site"}
 
 
 def text_back(batch: dict) -> dict:
@@ -172,7 +172,7 @@ def decode_batch(
     for col in METADATA_COLUMNS:  # for a classifier that reads them (dropped there)
         if col in batch:
             out[col] = batch[col]
-    return out
+    return text_back(out)
 
 
 def mask_stats(mask: np.ndarray) -> tuple[float, tuple[float, float, float, float] | None]:
