@@ -156,6 +156,11 @@ def test_output_metadata_and_summaries_on_s3(s3_server, bundle, tmp_path, monkey
     assert not (tmp_path / "screen_config.yaml").exists()  # nothing written to the current directory
     assert json.loads(fs.cat_file("skinscan-test/robust-out/summary.json")) == first
     assert len(fs.cat_file("skinscan-test/robust-out/summaries.jsonl").splitlines()) == 2
+    from skinscan.screening.report import write_report
+
+    assert write_report(out) == f"{out}/report.html"  # beside the results, not in a local folder named "s3:"
+    assert b"<html" in fs.cat_file("skinscan-test/robust-out/report.html")[:200].lower()
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())
 
 
 def test_input_limits(bundle, ray_local, tmp_path):

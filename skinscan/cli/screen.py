@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,5 +57,6 @@ def cmd_report(a: argparse.Namespace) -> int:
     from skinscan.screening.report import write_report
 
     path = write_report(a.output, a.html, a.max_flagged)
-    print(f"report -> {path}  (open it in a browser: file://{path.resolve()})")
+    where = f"file://{path.resolve()}" if isinstance(path, Path) else "download it first"
+    print(f"report -> {path}  (open it in a browser: {where})")
     return 0

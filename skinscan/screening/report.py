@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skinscan.data import storage
 from skinscan.data.taxonomy import CLASS_DESCRIPTIONS, ISIC2019_CLASSES, MALIGNANT
 from skinscan.screening.schema import SCHEMA
 from skinscan.screening.writer import HEAVY_COLUMNS, read_results
@@ -135,14 +136,16 @@ def _operating_point(flag: dict, rule: str, s: dict) -> str:
     )
 
 
-def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path:
+def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path | str:
+    """Write the report (default: beside the results, on whatever filesystem they are); returns its local path, or
+    its URI on an object store."""
     from skinscan.screening.output import read_summary
     from skinscan.screening.pipeline import count_results
 
     light = [f.name for f in SCHEMA if f.name not in HEAVY_COLUMNS]
     t = read_results(output, light).to_pandas()  # every row, no images
     s = count_results(output)
-    path = Path(path) if path else Path(output) / "report.html"
+    target = path or f"{str(output).rstrip('/')}/report.html"
     ok = t[t["status"] == "ok"]
     flagged = ok[ok["flagged"]].copy()
     mal_cols = [f"prob_{c}" for c in MALIGNANT if f"prob_{c}" in flagged]
@@ -201,6 +204,5 @@ predicted class (red = strongest evidence). Bars: top class probabilities.</p>
         else "<p class=muted>none</p>"
     }
 </body></html>"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
-    return path
+    storage.write_bytes(target, page.encode())  # atomic, folders made, on any filesystem
+    return target if storage.is_remote(target) else Path(target)
