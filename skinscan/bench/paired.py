@@ -39,11 +39,26 @@ SCHEDULE = ["epochs=4", "max_train_samples_per_epoch=5000", "warmup_epochs=0.5",
 
 
 def external_manifest(work: Path) -> Path:
+    """The ISIC 2017 validation part without any image that is also in its training part (one is, byte for byte:
+    ISIC_0012127 = ISIC_0012970): what no variant trained on."""
+    import pandas as pd
+
+    from skinscan.data.splits import overlap_mask
+
     out = work / "isic2017_val.csv"
     if not out.exists():
-        _skinscan("data", "manifest", str(ISIC2017 / "ISIC_2019_Training_GroundTruth.csv"), "--metadata",
-                  str(ISIC2017 / "metadata.csv"), "--name", "isic2017", "--where", "source_split=validation",
-                  "-o", str(out))  # fmt: skip
+        parts = {}
+        for part in ("validation", "training"):
+            parts[part] = work / f"isic2017_{part}_all.csv"
+            _skinscan("data", "manifest", str(ISIC2017 / "ISIC_2019_Training_GroundTruth.csv"), "--metadata",
+                      str(ISIC2017 / "metadata.csv"), "--name", "isic2017", "--where", f"source_split={part}",
+                      "-o", str(parts[part]))  # fmt: skip
+        val, train = pd.read_csv(parts["validation"]), pd.read_csv(parts["training"])
+        masks = overlap_mask(train, val)
+        seen = masks[0] | masks[1] | masks[2]
+        n_seen = int(seen.sum())
+        print(f"[paired] external set: {len(val) - n_seen} of {len(val)} images ({n_seen} also in training)")
+        val[~seen].to_csv(out, index=False)
     return out
 
 
@@ -55,7 +70,9 @@ def one_run(work: Path, variant: str, seed: int, extra: list[str], external: Pat
     config, overrides = VARIANTS[variant]
     bundle = work / variant / f"seed{seed}"
     sets = [*SCHEDULE, *overrides, *extra, f"seed={seed}", f"output={bundle}", f"name=paired-{variant}-{seed}"]
-    _skinscan("train", "--config", config, *[a for s in sets for a in ("--set", s)])
+    card = bundle / "model_card.json"
+    if not (card.exists() and json.loads(card.read_text()).get("calibration")):  # a finished bundle is kept
+        _skinscan("train", "--config", config, *[a for s in sets for a in ("--set", s)])
     ev = bundle / "evaluation-test"
     _skinscan("evaluate", "--model", str(bundle), "--data", str(HAM), "--split", "test", "-o", str(ev),
               "--bootstrap", "200", "--external", f"isic2017_val={external}")  # fmt: skip
