@@ -25,6 +25,7 @@ ISIC2017 = SHARE / "isic2017_256"
 # variant name -> (config file, overrides): the HAM-only reference and the options kept against it
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ham": ("configs/train/ham10000_cpu.yaml", []),
+    "ham+isic2017": ("configs/train/ham_isic2017_cpu.yaml", []),
     "ham+isic2017+sog": (
         "configs/train/ham_isic2017_cpu.yaml",
         ["colour_constancy_p=6", "augment.channel_gain=0.1"],
