@@ -114,6 +114,7 @@ def table(rows: list[dict]) -> str:
     """Per variant: each seed's figures and the mean, and the paired difference from the first variant."""
     keys = [
         ("ham_val_balanced_accuracy", "HAM val bal. acc."),
+        ("ham_val_auc_MEL", "HAM val MEL AUC"),
         ("ham_test_balanced_accuracy", "HAM test bal. acc."),
         ("ham_test_auc_MEL", "HAM test MEL AUC"),
         ("isic2017_val_auc_MEL", "ISIC 2017 val MEL AUC"),
