@@ -167,8 +167,8 @@ def test_a_metadata_model_trains_and_evaluates_with_its_metadata(ray_local, tmp_
 
 
 def test_decoded_blocks_with_and_without_metadata_concatenate(tmp_path):
-    """A listing block whose metadata is all unknown reaches decode as float NaN (Ray's all-null columns); decode
-    hands text back, so it still concatenates with a block that has metadata before the classifier."""
+    """The listing types its metadata columns, so a decoded block whose metadata is all unknown still concatenates
+    with one that has metadata on the way to the classifier (a float column beside a text one fails a run)."""
     import pyarrow as pa
     from PIL import Image
     from ray.data._internal.arrow_ops.transform_pyarrow import concat

@@ -154,11 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {(r["variant"], r["seed"]) for r in rows}
     external = external_manifest(a.work)
-    for row in rows:  # rows from before validation figures were recorded get them now
-        if "ham_val_balanced_accuracy" not in row:
-            row.update(val_figures(a.work / row["variant"] / f"seed{row['seed']}"))
-    if rows:
-        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for seed in a.seeds:  # seed-major: an interrupted study still holds complete pairs
         for variant in a.variants:
             if (variant, seed) in done:

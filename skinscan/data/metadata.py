@@ -15,7 +15,8 @@ import math
 import numpy as np
 import pandas as pd
 
-METADATA_INPUTS = ("age", "sex", "site")
+from skinscan.data.manifest import METADATA_COLUMNS
+
 SITES = ("head/neck", "upper extremity", "lower extremity", "torso", "palms/soles", "oral/genital")
 SITE_GROUP = {
     # ISIC anatom_site_general
@@ -72,7 +73,7 @@ def encode_row(age: object, sex: object, site: object) -> np.ndarray:
 
 def encode_frame(df: pd.DataFrame) -> np.ndarray:
     """[N, METADATA_DIM] float32 from a frame's `age`, `sex` and `site` columns (any may be absent: all zeros)."""
-    cols = [df[c].tolist() if c in df else [None] * len(df) for c in METADATA_INPUTS]
+    cols = [df[c].tolist() if c in df else [None] * len(df) for c in METADATA_COLUMNS]
     if not len(df):
         return np.zeros((0, METADATA_DIM), np.float32)
     return np.stack([encode_row(a, s, t) for a, s, t in zip(*cols)])

@@ -48,7 +48,3 @@ class MetadataFusion(nn.Module):
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         f = self.forward_features(x)
         return self.forward_head(f) if meta is None else self.fused_head(f, meta)
-
-
-def uses_metadata(model: nn.Module) -> bool:
-    return isinstance(model, MetadataFusion)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from PIL import Image
 
 from skinscan.data.imageio import decode_image, resize_square
-from skinscan.data.metadata import METADATA_INPUTS as METADATA_COLUMNS
+from skinscan.data.manifest import METADATA_COLUMNS
 from skinscan.data.metadata import encode_frame, known
 from skinscan.data.preprocess import normalize_batch
 from skinscan.data.storage import DEFAULT_SCHEMES
@@ -172,7 +172,7 @@ def decode_batch(
     for col in METADATA_COLUMNS:  # for a classifier that reads them (dropped there)
         if col in batch:
             out[col] = batch[col]
-    return text_back(out)
+    return out
 
 
 def mask_stats(mask: np.ndarray) -> tuple[float, tuple[float, float, float, float] | None]:

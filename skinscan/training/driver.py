@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from skinscan.config import TrainConfig, save_config
+from skinscan.data.manifest import METADATA_COLUMNS
 from skinscan.data.taxonomy import ISIC2019_OUTPUT_COLUMNS
 from skinscan.errors import DataError, SkinScanError
 
@@ -95,7 +96,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _rows(df: pd.DataFrame, split: str) -> list[dict]:
-    cols = [c for c in ("image_id", "uri", "label", "mask_uri", "age", "sex", "site") if c in df]
+    cols = [c for c in ("image_id", "uri", "label", "mask_uri", *METADATA_COLUMNS) if c in df]
     return df.loc[df["split"] == split, cols].to_dict("records")
 
 
@@ -258,7 +259,6 @@ def write_bundle(
     and training manifest) and, for an object-store `output`, uploaded there and read back. Makes no network call
     beyond that upload: the model is built from the trained state alone, never from pretrained weights."""
     from skinscan.data import storage
-    from skinscan.data.metadata import METADATA_INPUTS
     from skinscan.data.preprocess import PREPROCESSING
     from skinscan.models import create_model, shipped_state
     from skinscan.models.bundle import Architecture, ModelCard, library_versions, publish_bundle, save_bundle
@@ -274,7 +274,7 @@ def write_bundle(
             name=cfg.model.name, kwargs=cfg.model.kwargs, params=sum(p.numel() for p in model.parameters())
         ),
         class_names=classes,
-        inputs=["image", *METADATA_INPUTS] if cfg.model.metadata else ["image"],
+        inputs=["image", *METADATA_COLUMNS] if cfg.model.metadata else ["image"],
         input_size=cfg.model.img_size,
         normalization=input_normalization(cfg),
         preprocessing=PREPROCESSING,
