@@ -16,7 +16,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -62,27 +61,17 @@ def manifest(work: Path, n: int) -> Path:
     return path
 
 
-def measure(run, interval: float = 0.2) -> dict:
+def measure(run) -> dict:
     """Run `run()`; return the driver process's CPU seconds, the whole machine's CPU seconds (user + system, all
-    cores, niced processes included) and the driver's peak RSS over the call."""
+    cores, niced processes included) and the driver's peak RSS (the kernel's high-water mark for this process: no
+    sampling thread whose own CPU would count as the driver's)."""
+    import resource
+
     import psutil
 
     me = psutil.Process()
-    peak, stop = [me.memory_info().rss], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak.append(me.memory_info().rss)
-            time.sleep(interval)
-
-    th = threading.Thread(target=sample, daemon=True)
     c0, m0, t0 = me.cpu_times(), psutil.cpu_times(), time.time()
-    th.start()
-    try:
-        result = run()
-    finally:
-        stop.set()
-        th.join()
+    result = run()
     c1, m1 = me.cpu_times(), psutil.cpu_times()
     busy = ("user", "nice", "system", "irq", "softirq")  # Ray runs its workers niced: their time is "nice"
     return {
@@ -90,7 +79,7 @@ def measure(run, interval: float = 0.2) -> dict:
         "driver_cpu_s": (c1.user - c0.user) + (c1.system - c0.system),
         "all_cpu_s": sum(getattr(m1, k, 0.0) - getattr(m0, k, 0.0) for k in busy),
         "wall_s": time.time() - t0,
-        "peak": max(peak),
+        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
     }
 
 
