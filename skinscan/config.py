@@ -147,6 +147,7 @@ class TrainConfig(Section):
     # classifier of its own (rows without metadata at screening get it)
     metadata_withheld: float = Field(0.5, ge=0, le=1)
     flag: FlagTargets = Field(default_factory=FlagTargets)
+    connect_timeout_s: float = Field(30.0, gt=0)  # give up reaching a Ray cluster (`--address`) after this long
 
     @property
     def loader_processes(self) -> int:

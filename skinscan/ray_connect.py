@@ -63,9 +63,10 @@ def starts_local_ray(address: str | None) -> bool:
     return not target or target.startswith("local")
 
 
-def connect(address: str | None, timeout_s: float) -> None:
+def connect(address: str | None, timeout_s: float, log_to_driver: bool = False) -> None:
     """Start or join Ray. A cluster address is probed first, so a wrong one fails in one line within `timeout_s`
-    instead of Ray retrying for minutes; Ray's own start-up notices go to its log, not the user's terminal."""
+    instead of Ray retrying for minutes; Ray's own start-up notices go to its log, not the user's terminal.
+    `log_to_driver`: workers' output reaches this terminal (training's workers report there; screening's do not)."""
     import socket
 
     import ray
@@ -84,7 +85,7 @@ def connect(address: str | None, timeout_s: float) -> None:
                 "(`ray status` on its head node)"
             ) from None
     with quiet_stderr():
-        ray.init(address=address, configure_logging=False, log_to_driver=False)
+        ray.init(address=address, configure_logging=False, log_to_driver=log_to_driver)
     if starts_local_ray(address):
         start_reaper()
     _quiet_ray_data_console()

@@ -290,3 +290,22 @@ def test_loader_processes_and_a_bounded_image_cache(synth_zip):
     for i in range(10):
         ds[i]
     assert len(ds._img) == 3 and ds.cached_bytes == 3 * 32 * 32 * 3  # the bound holds
+
+
+def test_a_wrong_cluster_address_is_one_line_and_leaves_no_run_behind(train_synth, tmp_path):
+    """`skinscan train --address` to nothing fails within the connect bound, in one line, before a run record is
+    written (so the same command works once the cluster is up, without --resume)."""
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "skinscan.cli", "train", "--config", str(ROOT / "configs/train/tiny.yaml")]
+    for item in _overrides(tmp_path, train_synth, connect_timeout_s=5):
+        args += ["--set", item]
+    t0 = time.time()
+    r = subprocess.run([*args, "--address", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("skinscan: error: cannot reach a Ray cluster at 127.0.0.1:1"), lines[0]
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "ray").exists() or not any((tmp_path / "ray").rglob("*")), "a run record was written"

@@ -152,6 +152,7 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
     from ray.train.torch import TorchTrainer
 
     from skinscan.data import storage
+    from skinscan.ray_connect import connect
     from skinscan.training.loop import FAIL_ENV, HIGHER_IS_BETTER, train_loop
 
     # an object-store output is assembled in a local folder first, then uploaded and read back
@@ -161,6 +162,8 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
     run_name = cfg.resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_uri = storage.normalize(cfg.storage_path)
     record, record_uri = run_record(cfg, df), storage.join(storage.join(storage_uri, run_name), RUN_RECORD)
+    # before anything is written: a wrong cluster address leaves no run record behind
+    connect(ray_address, cfg.connect_timeout_s, log_to_driver=True)
     if cfg.resume:
         check_resumable(record_uri, record, run_name)
         print(f"[train] resuming run {run_name}", flush=True)
@@ -177,8 +180,6 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
     counts = df.groupby(["split"]).size().to_dict()
     print(f"[train] {cfg.task}: {len(df)} images {counts}; classes {classes or '-'}", flush=True)
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address, configure_logging=False)
     higher = HIGHER_IS_BETTER[cfg.metric]
     # non-secret object-store settings (and the test hook) reach the workers; credentials are the nodes' own
     worker_env = {**storage.storage_env(), **({FAIL_ENV: os.environ[FAIL_ENV]} if FAIL_ENV in os.environ else {})}
