@@ -162,16 +162,17 @@ def run(cfg: TrainConfig, ray_address: str | None = None) -> Path | str:
     run_name = cfg.resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_uri = storage.normalize(cfg.storage_path)
     record, record_uri = run_record(cfg, df), storage.join(storage.join(storage_uri, run_name), RUN_RECORD)
-    # before anything is written: a wrong cluster address leaves no run record behind
-    connect(ray_address, cfg.connect_timeout_s, log_to_driver=True)
     if cfg.resume:
         check_resumable(record_uri, record, run_name)
-        print(f"[train] resuming run {run_name}", flush=True)
     elif storage.exists(record_uri):
         raise SkinScanError(
             f"a run named {run_name} exists under {storage_uri}: continue it with --resume {run_name}, "
             "or set another name"
         )
+    # after the checks that need no Ray, before anything is written: a wrong address leaves no run record behind
+    connect(ray_address, cfg.connect_timeout_s, log_to_driver=True)
+    if cfg.resume:
+        print(f"[train] resuming run {run_name}", flush=True)
     else:
         storage.write_bytes(record_uri, json.dumps(record, indent=2).encode())
     staging.mkdir(parents=True, exist_ok=True)
