@@ -7,7 +7,7 @@
 #   cluster/local.sh status
 #
 # Settings (environment): RAY_PORT (6390; this cluster also uses RAY_PORT+1..+9), RAY_DASHBOARD_PORT (8275), WORKER_CPUS (2), RAY_BIN (ray),
-# SKINSCAN_RAY_TEMP (/tmp/skinscan-ray-$RAY_PORT), RAY_AUTH_TOKEN_PATH (~/.ray/auth_token).
+# SKINSCAN_RAY_TEMP (/tmp/skinscan-ray-$RAY_PORT), RAY_AUTH_TOKEN_PATH (~/.ray/auth_token). Linux (stop reads /proc).
 # The dashboard and job API listen on 127.0.0.1 only; from another machine use an SSH tunnel:
 #   ssh -N -L 8275:127.0.0.1:8275 user@this-host    then    skinscan submit ... --address http://127.0.0.1:8275
 set -euo pipefail
@@ -19,12 +19,29 @@ TEMP=${SKINSCAN_RAY_TEMP:-/tmp/skinscan-ray-$RAY_PORT}
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
 export RAY_USAGE_STATS_ENABLED=0
+# every process of this cluster inherits this variable (Ray passes its environment on to the raylet, agents,
+# workers and job drivers): `stop` finds them by it, not by command-line patterns, which miss renamed processes
+MARK="SKINSCAN_LOCAL_CLUSTER=$TEMP"
+export SKINSCAN_LOCAL_CLUSTER="$TEMP"
+
+cluster_pids() {  # the processes whose environment holds this cluster's mark
+  local e pid
+  for e in /proc/[0-9]*/environ; do
+    pid=${e#/proc/}; pid=${pid%/environ}
+    [ "$pid" = "$$" ] && continue
+    if tr '\0' '\n' < "$e" 2>/dev/null | grep -qxF -- "$MARK"; then echo "$pid"; fi
+  done
+}
 # jobs run `python` from the same environment as `ray` (e.g. the project's .venv)
 PATH="$(cd "$(dirname "$(command -v "$RAY_BIN")")" && pwd):$PATH"
 export PATH
 
 case "${1:-}" in
   start)
+    if [ -n "$(cluster_pids)" ]; then
+      echo "a cluster with temp folder $TEMP is already running: cluster/local.sh stop first" >&2
+      exit 1
+    fi
     if [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then  # a random token, readable by this user only
       mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
       (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$RAY_AUTH_TOKEN_PATH")
@@ -43,10 +60,14 @@ case "${1:-}" in
     echo "job API: http://127.0.0.1:$DASH_PORT   token: $RAY_AUTH_TOKEN_PATH   temp: $TEMP"
     ;;
   stop)
-    # every process of this cluster carries its temp dir on its command line; other Ray instances are untouched
-    pkill -f -- "$TEMP" 2>/dev/null || true
-    for _ in $(seq 1 20); do pgrep -f -- "$TEMP" >/dev/null || break; sleep 0.5; done
-    pkill -9 -f -- "$TEMP" 2>/dev/null || true
+    # this cluster's processes only (by the mark in their environment); other Ray instances are untouched
+    pids=$(cluster_pids)
+    [ -n "$pids" ] && kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 1 20); do [ -n "$(cluster_pids)" ] || break; sleep 0.5; done
+    pids=$(cluster_pids)
+    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
+    for _ in $(seq 1 10); do [ -n "$(cluster_pids)" ] || break; sleep 0.2; done
+    if [ -n "$(cluster_pids)" ]; then echo "processes of this cluster still running: $(cluster_pids)" >&2; exit 1; fi
     echo "Ray cluster on port $RAY_PORT stopped"
     ;;
   status)

@@ -281,7 +281,10 @@ class ScreenConfig(Section):
     model: str = ""  # classifier bundle
     segmenter: str | None = None  # U-Net bundle
     input: str = ""  # folder, zip, tar(.gz), s3://..., or a manifest CSV/Parquet
+    # ISIC masks and superpixel maps (*_segmentation.png, *_superpixels.png, anything under masks/) are not inputs
+    include_masks: bool = False
     output: str = "runs/screen"
+    output_shared: bool = False  # a local output that every node of the cluster mounts (NFS): allowed on many machines
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     explain: Literal["all", "flagged", "none"] = "flagged"
@@ -307,12 +310,49 @@ class ScreenConfig(Section):
     rows_per_part: int = Field(256, ge=1)  # rows per Parquet part file
     resume: bool = True  # skip inputs already written to `output`
     force_mixed: bool = False  # add rows to an output made with another model/backend/explain/flag configuration
+    retry_errors: bool = False  # screen again the rows whose error was transient (a read that failed or timed out)
     prune_stale: bool = False  # remove rows whose input is no longer listed (rewriting only the parts holding them)
     connect_timeout_s: float = Field(30.0, gt=0)  # give up reaching a Ray cluster (`--address`) after this long
     progress: bool = True
 
 
 # ---------------------------------------------------------------- loading
+# ---------------------------------------------------------------- locations
+LOCATIONS: dict[str, tuple[str, ...]] = {
+    "DataConfig": ("source", "images", "isic_groundtruth", "metadata"),
+    "ModelConfig": ("pretrained",),
+    "TrainConfig": ("storage_path", "output"),
+    "SynthConfig": ("output",),
+    "ConvertConfig": ("model", "parity_images", "screen_config"),
+    "EvaluateConfig": ("model", "data", "output", "external"),
+    "CalibrateConfig": ("model", "data"),
+    "ScreenConfig": ("model", "segmenter", "input", "output"),
+}
+"""The keys of each config that name a file, folder or URI a job reads or writes (`external`: a dict of them):
+what `skinscan submit` must make reachable from the cluster."""
+OUTPUT_KEYS = frozenset({"output", "storage_path"})
+"""Location keys a job writes: never sent relative to the job's working directory (a copy that is thrown away)."""
+
+
+def locations(cfg: BaseModel, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, owning section, field name or dict key) of every location value set in `cfg`, nested sections
+    and lists of sections included."""
+    out = []
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        key = f"{prefix}{name}"
+        if name in LOCATIONS.get(type(cfg).__name__, ()):
+            if isinstance(value, dict):
+                out += [(f"{key}.{k}", value, k) for k in value]
+            elif isinstance(value, str) and value:
+                out.append((key, cfg, name))
+        elif isinstance(value, BaseModel):
+            out += locations(value, f"{key}.")
+        elif isinstance(value, list):
+            out += [loc for i, v in enumerate(value) if isinstance(v, BaseModel) for loc in locations(v, f"{key}.{i}.")]
+    return out
+
+
 def _set(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:

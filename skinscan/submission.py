@@ -46,6 +46,67 @@ def _client(address: str | None):
         raise SkinScanError(f"cannot reach the Ray job API at {address}: {first}") from None
 
 
+def _is_loopback(address: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _excluded(rel: Path) -> bool:
+    """Whether a path inside the project stays behind when the project travels as the job's working_dir."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(part, pat) for part in rel.parts for pat in EXCLUDES if "/" not in pat) or any(
+        fnmatch.fnmatch(rel.name, pat) for pat in EXCLUDES
+    )
+
+
+def reachable_locations(cfg: BaseModel, address: str, paths_on_cluster: bool = False) -> BaseModel:
+    """`cfg` with every local path a job reads or writes made reachable from the job, or a one-line error naming
+    the one that is not. A job runs in a copy of the project (its working_dir, `runs/` excluded), so a relative path
+    means something else there. On a cluster on this machine (a loopback address) paths become absolute. On another
+    machine only object-store URIs reach the job, and project files that travel with it (a config under configs/);
+    `paths_on_cluster` says the paths exist there (a shared filesystem) and sends them as given."""
+    from skinscan.config import OUTPUT_KEYS, locations
+    from skinscan.data.storage import scheme, split_chained
+
+    cfg = cfg.model_copy(deep=True)
+    local_cluster = _is_loopback(address)
+    for key, owner, field in locations(cfg):
+        value = owner[field] if isinstance(owner, dict) else getattr(owner, field)
+        if not isinstance(value, str):
+            continue  # `pretrained: true` (timm's hub) is no path
+        chained = split_chained(value)
+        path = chained[2] if chained else value
+        if scheme(path) != "file" or paths_on_cluster:
+            continue
+        local = Path(path.removeprefix("file://")).expanduser()
+        local = local if local.is_absolute() else Path.cwd() / local
+        local = Path(os.path.normpath(local))
+        if local_cluster:
+            new = str(local)
+        else:
+            try:
+                rel = local.relative_to(ROOT)
+            except ValueError:
+                rel = None
+            travels = rel is not None and local.is_file() and not _excluded(rel)
+            if not travels or key.rsplit(".", 1)[-1] in OUTPUT_KEYS:
+                raise SkinScanError(
+                    f"config key {key}: {value} is a path on this machine, which the cluster at {address} cannot "
+                    "see; use an object-store URI (s3://, gs://), or --paths-on-cluster if it is on a filesystem "
+                    "the cluster shares"
+                )
+            new = rel.as_posix()
+        new = value.replace(path, new) if chained else new
+        if isinstance(owner, dict):
+            owner[field] = new
+        else:
+            setattr(owner, field, new)
+    return cfg
+
+
 def submit(
     job: str,
     config: str | None,
@@ -54,11 +115,13 @@ def submit(
     pip: list[str] | None = None,
     follow: bool = False,
     timeout_s: float | None = None,
+    paths_on_cluster: bool = False,
 ) -> tuple[str, str]:
     """Submit; returns (job_id, final status or 'SUBMITTED')."""
     if job not in JOB_CONFIGS:
         raise SkinScanError(f"unknown job {job!r}; choose from {sorted(JOB_CONFIGS)}")
-    cfg = load_config(JOB_CONFIGS[job], config, overrides)
+    address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    cfg = reachable_locations(load_config(JOB_CONFIGS[job], config, overrides), address, paths_on_cluster)
     client = _client(address)
     runtime_env = {
         "working_dir": str(ROOT),

@@ -75,6 +75,19 @@ def ray_local(_seaweed):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def demo_checkout(tmp_path_factory, ray_local) -> tuple[Path, dict]:
+    """README command 1 at its smallest size, run where a user runs it: a copy of the project's configs and cluster
+    files, the demo's outputs in its runs/demo. Returns (that folder, the demo's result)."""
+    from skinscan.demo import run
+
+    repo = tmp_path_factory.mktemp("checkout")
+    for folder in ("configs", "cluster"):
+        shutil.copytree(ROOT / folder, repo / folder)
+    result = run(str(repo / "runs" / "demo"), n_images=120, epochs=3, seg_epochs=2, progress=False)
+    return repo, result
+
+
 TINY_SWIN = {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
 
 
@@ -217,3 +230,44 @@ def uninterrupted_probs(model: Path, uris: list[str], classes=("MEL", "NV", "BCC
     batch = decode_batch({"uri": np.array(uris, object), "image_id": np.array(uris, object)}, size, 0, 10**8)
     out = stage(batch)
     return {u: np.array([out[f"prob_{c}"][i] for c in classes]) for i, u in enumerate(uris)}
+
+
+def local_cluster_pids(temp: str) -> list[int]:
+    """Processes of a `cluster/local.sh` cluster: those whose environment holds its mark (as `local.sh stop` finds
+    them), whatever their command line says."""
+    mark = f"SKINSCAN_LOCAL_CLUSTER={temp}".encode()
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in env.read_bytes().split(b"\0"):
+                pids.append(int(env.parent.name))
+        except OSError:
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def _tree_status() -> set[str] | None:
+    """`git status --porcelain` of the project (untracked files included), or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return set(out.stdout.splitlines()) if out.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config._tree_before = _tree_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test run leaves the working tree as it found it: a file written outside temporary folders fails the run."""
+    before = getattr(session.config, "_tree_before", None)
+    after = _tree_status()
+    if before is None or after is None:
+        return
+    new = sorted(after - before)
+    if new:
+        print(f"\nthe test run changed the working tree: {new}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

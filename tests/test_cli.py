@@ -36,3 +36,34 @@ def test_cli_starts_without_loading_torch_or_grad_cam():
     code = "import sys, skinscan.explain.registry; print('pytorch_grad_cam' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", "the forward-only path must not load pytorch-grad-cam"
+
+
+def test_submit_makes_config_paths_reachable_from_the_job(tmp_path, monkeypatch):
+    """A job runs in a copy of the project without runs/: relative paths become absolute for a cluster on this
+    machine; for another machine a local path is one line naming the key, before anything is sent."""
+    from pathlib import Path
+
+    import pytest
+
+    from skinscan.config import ScreenConfig, TrainConfig
+    from skinscan.errors import SkinScanError
+    from skinscan.submission import ROOT, reachable_locations
+
+    monkeypatch.chdir(tmp_path)
+    cfg = ScreenConfig(model="runs/demo/classifier", input="zip://images::runs/demo/synth.zip", output="s3://b/out")
+    got = reachable_locations(cfg, "http://127.0.0.1:8275")
+    assert got.model == str(tmp_path / "runs/demo/classifier")
+    assert got.input == f"zip://images::{tmp_path / 'runs/demo/synth.zip'}" and got.output == "s3://b/out"
+    assert cfg.model == "runs/demo/classifier"  # the caller's config is left as it was
+    with pytest.raises(SkinScanError, match=r"config key model: runs/demo/classifier is a path on this machine"):
+        reachable_locations(cfg, "http://10.0.0.5:8265")
+    assert reachable_locations(cfg, "http://10.0.0.5:8265", paths_on_cluster=True).model == "runs/demo/classifier"
+    shipped = str(ROOT / "configs/screen/gpu_cluster.yaml")  # a project file travels with the job
+    from skinscan.config import ConvertConfig
+
+    conv = reachable_locations(ConvertConfig(model="s3://b/m", screen_config=shipped), "http://10.0.0.5:8265")
+    assert conv.screen_config == "configs/screen/gpu_cluster.yaml"
+    train = TrainConfig.model_validate({"data": {"source": "s3://b/d.csv"}, "extra_data": [{"source": "x.csv"}]})
+    with pytest.raises(SkinScanError, match="config key extra_data.0.source"):
+        reachable_locations(train.model_copy(update={"output": "s3://b/m", "storage_path": "s3://b/r"}), "http://h:1")
+    assert Path(reachable_locations(train, "http://localhost:8265").extra_data[0].source).is_absolute()

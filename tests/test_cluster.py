@@ -73,7 +73,9 @@ def test_launcher_configs_pass_rays_schema_and_start_rules(path):
         if "ray start" in cmd:
             assert "RAY_AUTH_MODE=token" in cmd and "RAY_AUTH_TOKEN_PATH=~/.ray/auth_token" in cmd, cmd
     setup = " ".join(cfg["setup_commands"])
-    assert f"'ray[data,train,default]=={RAY_VERSION}'" in setup, "Ray must be pinned on every node"
+    assert "-c constraints.txt" in setup and "venv" in setup, "every node installs the lock, into a venv"
+    for cmd in [*cfg["head_start_ray_commands"], *cfg["worker_start_ray_commands"]]:
+        assert "~/venv/bin" in cmd, f"Ray must start from the venv: {cmd}"
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f"ray[data,train,default]>={RAY_VERSION},<2.61" in pyproject
     for name, node in cfg["available_node_types"].items():
@@ -164,8 +166,37 @@ def test_kuberay_manifests_validate_against_the_v1_7_crds(path):
 def test_dockerfile_pins_and_runs_as_non_root():
     text = (CLUSTER / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{RAY_VERSION}-py311-gpu" in text and "USER ray" in text
-    assert "torch==2.14.1" in text and f"ray[data,train,default]=={RAY_VERSION}" in text
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), "the image installs the lock"
     assert "AS tensorrt" in text and "USER root" not in text
+
+
+def test_every_install_is_the_lock():
+    """One environment: the README's commands, CI, the image and the launcher nodes install constraints.txt, which
+    pins every package of every extra (Ray at the cluster files' version, torch at the tested release)."""
+    import re
+
+    lock = dict(
+        line.split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().split("\n")
+        if line and not line.startswith("#") and "==" in line
+    )
+    lock = {k: v.split()[0] for k, v in lock.items()}
+    assert lock["ray"] == RAY_VERSION and lock["torch"] == "2.14.1"
+    assert int(lock["pandas"].split(".")[0]) >= 3, "the lock takes what a plain install takes"
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^python3 -m venv .*$", readme, flags=re.M)
+    assert len(commands) >= 2 and all("-c constraints.txt" in c for c in commands), commands
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci, ".ci/run runs the README's test command"
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [*project["dependencies"], *(d for ds in project["optional-dependencies"].values() for d in ds)]
+    for dep in names:
+        name = re.split(r"[<>=!\[; ]", dep, maxsplit=1)[0].lower()
+        assert name in lock, f"{name} is not in constraints.txt: run bash .ci/lock"
+    assert not any("pandas<3" in d for d in names), "no extra caps pandas below what the lock holds"
 
 
 def test_no_public_binding_and_no_credentials():
@@ -193,7 +224,7 @@ def _ports() -> int:
 def local_cluster(tmp_path_factory, _seaweed):
     """A head and a worker started by cluster/local.sh; the nodes get S3 credentials when they start (as a cloud
     node gets its instance profile), never from a job."""
-    from conftest import s3_node_environment
+    from conftest import local_cluster_pids, s3_node_environment
 
     base = _ports()
     tmp = tmp_path_factory.mktemp("cluster")
@@ -215,8 +246,7 @@ def local_cluster(tmp_path_factory, _seaweed):
         yield f"http://127.0.0.1:{base + 1000}", env
     finally:
         subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=120)
-        left = subprocess.run(["pgrep", "-f", f"/tmp/skr-{base}"], capture_output=True, text=True).stdout
-        assert not left.strip(), "cluster processes left running"
+        assert not local_cluster_pids(f"/tmp/skr-{base}"), "cluster processes left running"
 
 
 def _skinscan(env, *args, timeout=600):

@@ -9,11 +9,10 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_demo_end_to_end(tmp_path, ray_local):
-    from skinscan.demo import run
+def test_demo_end_to_end(demo_checkout):
     from skinscan.models.bundle import load_bundle
 
-    result = run(str(tmp_path / "demo"), n_images=120, epochs=3, seg_epochs=2, progress=False)
+    _, result = demo_checkout
     art = {k: Path(v) for k, v in result["artefacts"].items()}
     model, card = load_bundle(art["classifier bundle"])
     assert card.task == "classify" and card.exports["onnx"].sha256

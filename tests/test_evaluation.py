@@ -66,28 +66,61 @@ def test_no_ham10000_view_when_there_is_nothing_to_merge_or_no_counterpart(class
     assert ham10000_view(y, np.eye(len(classes))[y], classes) is None
 
 
-def test_isic_balanced_accuracy_equals_official_scorer(tmp_path):
-    pytest.importorskip("isic_challenge_scoring", reason="official scorer not installed (pip install '.[scoring]')")
-    y, p = _fixed(seed=3)
-    ids = [f"ISIC_{i:07d}" for i in range(len(y))]
+def _recorded_official(name: str, tmp_path):
+    """(truth, probabilities, files, the official scorer's recorded output) of one case of
+    tests/fixtures/isic_official.py, after checking that the files are the bytes the scorer scored."""
+    import hashlib
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    try:
+        import isic_official
+    finally:
+        sys.path.pop(0)
+    record = json.loads(isic_official.RECORD.read_text())["cases"][name]
+    ids, y, p = isic_official.cases()[name]
     files = write_isic_files(ids, y, p, CLASSES, tmp_path)
-    official = official_score(files["truth_scored"], files["predictions_scored"])
+    for key, f in (("truth_sha256", "truth_scored"), ("predictions_sha256", "predictions_scored")):
+        regenerate = ".venv/bin/python tests/fixtures/isic_official.py"
+        assert hashlib.sha256(files[f].read_bytes()).hexdigest() == record[key], f"{f} changed: run {regenerate}"
+    return y, p, files, record
+
+
+def test_isic_balanced_accuracy_equals_official_scorer(tmp_path):
+    y, p, files, official = _recorded_official("all_classes", tmp_path)
     ours = evaluate_probs(y, p, CLASSES)
     assert abs(official["balanced_accuracy"] - ours["isic_balanced_accuracy"]) <= 1e-9
     assert abs(official["balanced_accuracy"] - ours["balanced_accuracy"]) <= 1e-9  # all classes present here
+    for c in CLASSES:
+        assert abs(official["auc"][c] - ours["auc"][c]) <= 1e-9
     full = pd.read_csv(files["predictions"])
     assert list(full.columns) == ["image", *CLASSES, "UNK"] and (full["UNK"] == 0).all()
 
 
 def test_isic_metric_when_a_class_is_absent_from_truth(tmp_path):
-    pytest.importorskip("isic_challenge_scoring", reason="official scorer not installed")
-    y, p = _fixed(seed=4)
-    keep = y != CLASSES.index("DF")  # DF absent from the truth, still predicted sometimes
-    y, p = y[keep], p[keep]
-    files = write_isic_files([f"I{i}" for i in range(len(y))], y, p, CLASSES, tmp_path)
-    assert "DF" not in pd.read_csv(files["truth_scored"]).columns
-    official = official_score(files["truth_scored"], files["predictions_scored"])
+    y, p, files, official = _recorded_official("df_absent", tmp_path)
+    assert "DF" not in pd.read_csv(files["truth_scored"]).columns and "DF" not in official["auc"]
     assert abs(official["balanced_accuracy"] - evaluate_probs(y, p, CLASSES)["isic_balanced_accuracy"]) <= 1e-9
+
+
+def test_official_scorer_runs_in_its_own_interpreter(tmp_path, monkeypatch):
+    """`official_score` takes the scorer from SKINSCAN_ISIC_SCORER_PYTHON; an interpreter without it gives None."""
+    import sys
+
+    y, p = _fixed(seed=5, n=40)
+    files = write_isic_files([f"I{i}" for i in range(40)], y, p, CLASSES, tmp_path)
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'exec {sys.executable} -c \'import json; print(json.dumps({{"balanced_accuracy": 0.5, "auc": {{}}}}))\'\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("SKINSCAN_ISIC_SCORER_PYTHON", str(fake))
+    assert official_score(files["truth_scored"], files["predictions_scored"]) == {"balanced_accuracy": 0.5, "auc": {}}
+    monkeypatch.setenv("SKINSCAN_ISIC_SCORER_PYTHON", sys.executable)  # the test environment: no scorer
+    assert official_score(files["truth_scored"], files["predictions_scored"]) is None
 
 
 def test_sensitivity_at_specificity_and_ece():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import zipfile
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from skinscan.data.listing import iter_unit, list_all, plan_units, uri_keys
@@ -59,10 +61,52 @@ def test_manifest_is_streamed_with_only_ids_uris_and_metadata(tmp_path, suffix):
     got = pd.concat([c.to_pandas() for c in chunks])
     assert got["uri"].tolist() == df["uri"].tolist() and got["image_id"].tolist() == df["image_id"].tolist()
     assert got["age"].fillna(-1).tolist() == [30, -1, 50, 60, 70, 80, 90] and got["site"].isna().all()
-    assert got["sex"].tolist()[:3] == ["male", "female", None]
+    assert pa.concat_tables(chunks).column("sex").to_pylist()[:3] == ["male", "female", None]  # null, not "nan"
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path):
     for uri in [tmp_path / "nope", tmp_path / "nope.zip", tmp_path / "nope.csv", f"zip://x::{tmp_path / 'n.zip'}"]:
         with pytest.raises(DataError, match="not found"):
             plan_units(str(uri))
+
+
+def test_masks_are_not_inputs_unless_asked(tmp_path):
+    """An ISIC-style archive or folder: masks (`*_segmentation.png`, `*_superpixels.png`, a `masks/` folder) are
+    left out of the listing unless `include_masks`; a manifest lists exactly its rows."""
+    import zipfile
+
+    names = [
+        "images/ISIC_1.jpg",
+        "images/ISIC_2.jpg",
+        "images/ISIC_2_superpixels.png",
+        "ISIC_3_segmentation.png",
+        "masks/ISIC_1_segmentation.png",
+        "masks/ISIC_2.png",
+    ]
+    archive = tmp_path / "isic.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for n in names:
+            z.writestr(n, b"x")
+    folder = tmp_path / "folder"
+    for n in names:
+        (folder / n).parent.mkdir(parents=True, exist_ok=True)
+        (folder / n).write_bytes(b"x")
+    for root in (str(archive), str(folder), f"zip://images::{archive}"):
+        assert sorted(list_all(root).column("image_id").to_pylist()) == ["ISIC_1", "ISIC_2"], root
+    assert list_all(str(archive), include_masks=True).num_rows == 6
+    assert list_all(str(folder), include_masks=True).num_rows == 6
+    inside = tmp_path / "masks" / "data"  # a root under a folder named masks is still listed
+    inside.mkdir(parents=True)
+    (inside / "a.jpg").write_bytes(b"x")
+    assert list_all(str(inside)).column("image_id").to_pylist() == ["a"]
+
+
+def test_resume_lookup_is_a_binary_search_that_agrees_with_isin():
+    from skinscan.data.listing import in_sorted
+
+    rng = np.random.default_rng(0)
+    written = np.unique(rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True))
+    batch = np.concatenate([written[::7], rng.integers(0, 2**64 - 1, 300, dtype=np.uint64, endpoint=True)])
+    batch = np.concatenate([batch, [np.uint64(0), np.uint64(2**64 - 1)]]).astype(np.uint64)
+    np.testing.assert_array_equal(in_sorted(batch, written), np.isin(batch, written))
+    assert not in_sorted(batch, np.zeros(0, np.uint64)).any()

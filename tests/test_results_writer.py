@@ -40,7 +40,7 @@ def test_resume_index_and_read_task_filter(tmp_path, monkeypatch):
 
     out = str(tmp_path / "o")
     write_batch(_batch(["a", "b", "c"]), out)
-    done, n_inputs_done = done_keys(out, uri_keys(["a", "c", "x", "y"]))
+    done, n_inputs_done, _ = done_keys(out, uri_keys(["a", "c", "x", "y"]))
     assert n_inputs_done == 2 and len(done) == 3 and np.all(np.diff(done.astype(np.float64)) > 0)
 
     class Ref:  # stands in for the ObjectRef the read tasks receive
@@ -67,9 +67,9 @@ def test_readers_take_only_the_rows_and_columns_they_need(tmp_path):
     del old["node_id"]  # a part written before the provenance columns existed
     write_batch(old, out)
     write_batch(_batch(["n1", "n2", "n3"]), out)
-    some = read_results(out, ["uri", "node_id", "thumbnail_jpeg"], uris=["o2", "n3"]).to_pandas()
+    some = read_results(out, ["uri", "node_id", "thumbnail_jpeg"], uris=["o2", "n3"]).to_pydict()
     assert sorted(some["uri"]) == ["n3", "o2"]
-    assert some.set_index("uri")["node_id"].to_dict() == {"n3": "node-a", "o2": None}
+    assert dict(zip(some["uri"], some["node_id"])) == {"n3": "node-a", "o2": None}
     assert read_results(out, ["uri"]).num_rows == 5
     assert read_results(out, ["uri", "thumbnail_jpeg"], uris=[]).num_rows == 0  # nothing flagged: nothing read
 
@@ -84,3 +84,114 @@ def test_counts_are_matched_by_uri_missing_and_stale_named(tmp_path):
     moved = count_results(out, uri_keys(["a", "b", "d", "d"]))  # c renamed to d since; d listed twice
     assert moved["inputs"] == 3 and moved["missing"] == 1 and not moved["complete"]
     assert moved["stale"] == 1 and moved["stale_examples"] == ["c"] and moved["rows"] == 3
+
+
+def test_a_part_of_an_older_schema_is_read_with_its_new_columns_null(tmp_path):
+    """A part written before `metadata_used` (and the provenance columns) existed: resume, counting and the
+    report's reads take it, the missing columns as null."""
+    import pyarrow.parquet as pq
+
+    from skinscan.screening.pipeline import count_results
+    from skinscan.screening.writer import to_table
+
+    out = tmp_path / "o"
+    write_batch(_batch(["n1", "n2"]), str(out))
+    old = to_table(_batch(["o1", "o2", "o3"])).drop_columns(["metadata_used", "node_id"])
+    pq.write_table(old, out / "results" / "part-old.parquet")
+    t = read_results(str(out), ["uri", "status", "flagged", "metadata_used", "node_id"]).to_pydict()
+    assert len(t["uri"]) == 5 and dict(zip(t["uri"], t["metadata_used"]))["o1"] is None
+    counts = count_results(str(out), uri_keys(["n1", "n2", "o1", "o2", "o3"]))
+    assert counts["complete"] and counts["rows"] == 5
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 torn in the middle"], ids=["empty", "torn"])
+def test_an_unreadable_part_is_set_aside_and_its_inputs_count_as_not_written(tmp_path, content, capsys):
+    out = tmp_path / "o"
+    write_batch(_batch(["a", "b"]), str(out))
+    (out / "results" / "part-zero.parquet").write_bytes(content)
+    done, n_done, aside = done_keys(str(out), uri_keys(["a", "b", "c"]))
+    assert (n_done, aside) == (2, ["part-zero.parquet"])
+    assert [p.name for p in (out / "results").iterdir()] != [] and not (out / "results" / "part-zero.parquet").exists()
+    kept = list((out / "set_aside").iterdir())
+    assert len(kept) == 1 and kept[0].read_bytes() == content  # moved, not deleted
+    assert "set aside unreadable part part-zero.parquet" in capsys.readouterr().err
+    assert read_results(str(out), ["uri"]).num_rows == 2  # later readers see only readable parts
+
+
+def test_a_second_run_into_a_held_output_is_refused_and_a_dead_runs_lease_expires(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from skinscan.errors import SkinScanError
+    from skinscan.screening.lease import LEASE, OutputLease
+
+    out = str(tmp_path / "o")
+    with OutputLease(out, renew_s=0.05):
+        first = json.loads((tmp_path / "o" / LEASE).read_text())
+        with pytest.raises(SkinScanError, match=rf"being written by run {first['run']} \(host .*pid {first['pid']}"):
+            OutputLease(out).acquire()
+        time.sleep(0.2)
+        assert json.loads((tmp_path / "o" / LEASE).read_text())["renewed"] > first["renewed"]  # renewed
+    assert not (tmp_path / "o" / LEASE).exists()  # released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {**first, "pid": int(dead.stdout), "renewed": time.time()}  # a SIGKILLed driver on this host
+    (tmp_path / "o" / LEASE).write_text(json.dumps(stale))
+    with OutputLease(out):
+        pass
+    elsewhere = {**first, "host": "another-host", "renewed": time.time() - 120}  # not renewed for 2 minutes
+    (tmp_path / "o" / LEASE).write_text(json.dumps(elsewhere))
+    with OutputLease(out):
+        pass
+    (tmp_path / "o" / LEASE).write_text(json.dumps({**elsewhere, "renewed": time.time()}))
+    with pytest.raises(SkinScanError, match="another-host"):
+        OutputLease(out).acquire()
+
+
+def test_screen_into_an_output_another_run_holds_is_refused_before_ray(tmp_path, tiny_bundles, synth_zip):
+    from skinscan.config import ScreenConfig
+    from skinscan.errors import SkinScanError
+    from skinscan.screening.lease import OutputLease
+    from skinscan.screening.pipeline import screen
+
+    out = str(tmp_path / "o")
+    cfg = ScreenConfig(model=str(tiny_bundles["swin"]), input=str(synth_zip), output=out, progress=False)
+    with OutputLease(out), pytest.raises(SkinScanError, match="is being written by run"):
+        screen(cfg, ray_address="127.0.0.1:1")  # nobody answers there: refused before any connection
+    assert not list_parts(out)
+
+
+def test_a_local_output_on_a_cluster_of_several_machines_is_refused(monkeypatch):
+    import ray
+
+    from skinscan.config import ScreenConfig
+    from skinscan.errors import ConfigError
+    from skinscan.screening.pipeline import _check_output_reachable
+
+    nodes = [{"Alive": True, "NodeManagerHostname": h} for h in ("head", "gpu-1", "gpu-1")]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    with pytest.raises(ConfigError, match="local path, but the cluster spans 2 machines"):
+        _check_output_reachable(ScreenConfig(output="/data/out"))
+    _check_output_reachable(ScreenConfig(output="s3://b/out"))
+    _check_output_reachable(ScreenConfig(output="/nfs/out", output_shared=True))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "NodeManagerHostname": "h"}] * 3)  # one machine
+    _check_output_reachable(ScreenConfig(output="/data/out"))
+
+
+def test_retry_errors_drops_only_transient_error_rows(tmp_path):
+    from skinscan.screening.writer import drop_transient_errors
+
+    out = str(tmp_path / "o")
+    batch = _batch(["ok1", "ok2", "read", "torn"])
+    batch["status"] = np.array(["ok", "ok", "error", "error"], dtype=object)
+    batch["error_type"] = np.array([None, None, "read_error", "truncated"], dtype=object)
+    write_batch(batch, out)
+    write_batch(_batch(["x1", "x2"]), out)  # a part with no transient error is left alone
+    before = set(list_parts(out))
+    got = drop_transient_errors(out)
+    assert (got["rows"], got["parts"], got["examples"]) == (1, 1, ["read"])
+    assert sorted(read_results(out, ["uri"]).column("uri").to_pylist()) == ["ok1", "ok2", "torn", "x1", "x2"]
+    assert len(before & set(list_parts(out))) == 1  # only the part that held the row was rewritten
+    _, n_done, _ = done_keys(out, uri_keys(["ok1", "ok2", "read", "torn"]))
+    assert n_done == 3  # the transient one is to do again; the undecodable one stays an error row

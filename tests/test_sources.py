@@ -77,3 +77,56 @@ def test_metadata_of_different_sources_gets_one_type_and_writes_to_parquet(tmp_p
     back = pd.read_parquet(tmp_path / "union.parquet")
     assert back["age"].dtype.kind == "f" and back["age"].isna().sum() == (b["age"] == "unknown").sum()
     assert set(back["sex"].dropna()) == {"male", "female"}
+
+
+def test_rows_with_and_without_masks_and_metadata_train_under_the_installed_pandas(tmp_path, monkeypatch):
+    """Two sources as `ham_isic2017_cpu.yaml` has them: one with masks and metadata, one with neither. Manifest ->
+    training rows -> data set -> one training step, on whatever pandas is installed (pandas 3 reads a missing text
+    value as NaN, a float, which once reached the mask reader as a URI)."""
+    import shutil
+
+    import ray.train.torch
+    import torch
+
+    from skinscan.config import SynthConfig, TrainConfig
+    from skinscan.data.manifest import OPTIONAL_TEXT_COLUMNS
+    from skinscan.data.synth import generate
+    from skinscan.training import loop
+    from skinscan.training.driver import _rows, prepare_data
+    from skinscan.training.steps import UNKNOWN_MASK, train_one_epoch
+
+    generate(SynthConfig(output=str(tmp_path / "a"), n_images=24, size=48, seed=1, metadata=True), progress=False)
+    generate(SynthConfig(output=str(tmp_path / "b"), n_images=24, size=48, seed=2), progress=False)
+    shutil.rmtree(tmp_path / "b" / "masks")
+    cfg = TrainConfig.model_validate(
+        {
+            "data": {"source": str(tmp_path / "a"), "name": "with"},
+            "extra_data": [{"source": str(tmp_path / "b"), "name": "without"}],
+            "lesion_mask_weight": 1.0,
+            "batch_size": 8,
+            "loader_workers": 0,
+            "max_train_samples_per_epoch": 16,
+            "model": {"name": "resnet18", "img_size": 32, "metadata": True},
+        }
+    )
+    df, classes = prepare_data(cfg)
+    rows = _rows(df, "train")
+    for col in OPTIONAL_TEXT_COLUMNS:  # None, never NaN, in every row a stage reads
+        assert not any(isinstance(r.get(col), float) for r in rows), col
+    without = [r for r in rows if r["uri"].startswith(str(tmp_path / "b"))]
+    assert without and all(r["mask_uri"] is None and r["sex"] is None and r["site"] is None for r in without)
+    assert any(r["mask_uri"] and r["sex"] for r in rows if r not in without)
+
+    monkeypatch.setattr(ray.train.torch, "prepare_model", lambda m: m)
+    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+    config = {"classes": classes, "train": rows, "val": _rows(df, "val")}
+    loader, _, _ = loop.make_loaders(cfg, config, rank=0, world=1)
+    ds = loader.dataset
+    i = rows.index(without[0])
+    # no mask: unknown pixels (the mask loss skips the image; rotation pads corners); no metadata: zeros
+    assert (ds[i][2] == UNKNOWN_MASK).any() and not ds[i][3].any()
+    t = loop._trainee(cfg, len(classes), steps_per_epoch=len(loader))
+    before = [p.detach().clone() for p in t.unwrapped.parameters()]
+    loss_sum, seen, _ = train_one_epoch(t, loader)
+    assert seen == 16 and np.isfinite(loss_sum)
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.unwrapped.parameters()))

@@ -24,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--force-mixed", action="store_true", help="add rows to an output made with another model or configuration"
     )
     p.add_argument("--prune-stale", action="store_true", help="remove rows whose input is no longer listed")
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="screen again the rows whose error was transient (a read that failed or timed out), not undecodable ones",
+    )
     p.set_defaults(func=cmd_screen)
 
     r = sub.add_parser("report", help="one self-contained HTML page from a screening output folder")
@@ -41,7 +46,7 @@ def cmd_screen(a: argparse.Namespace) -> int:
     for key in ("model", "input", "output", "segmenter", "explain", "backend"):
         if getattr(a, key):
             over.append(f"{key}={getattr(a, key)}")
-    over += [f"{k}=true" for k in ("force_mixed", "prune_stale") if getattr(a, k)]
+    over += [f"{k}=true" for k in ("force_mixed", "prune_stale", "retry_errors") if getattr(a, k)]
     if a.connect_timeout:
         over.append(f"connect_timeout_s={a.connect_timeout}")
     cfg = load_config(ScreenConfig, a.config, over)

@@ -16,6 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="append", help="extra pip requirement for the job's runtime_env")
     p.add_argument("--follow", action="store_true", help="stream logs; exit 0 only if the job SUCCEEDED")
     p.add_argument("--timeout", type=float, help="give up following after this many seconds")
+    p.add_argument(
+        "--paths-on-cluster",
+        action="store_true",
+        help="local paths in the config exist on the cluster's nodes (a shared filesystem): send them as given",
+    )
     p.set_defaults(func=cmd_submit)
 
     j = sub.add_parser("jobs", help="list, inspect, read logs of, or stop submitted jobs")
@@ -28,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_submit(a: argparse.Namespace) -> int:
     from skinscan.submission import _client, failure_reason, submit
 
-    job_id, status = submit(a.job, a.config, a.set, a.address, a.pip, a.follow, a.timeout)
+    job_id, status = submit(a.job, a.config, a.set, a.address, a.pip, a.follow, a.timeout, a.paths_on_cluster)
     if not a.follow:
         print(f"follow it: skinscan jobs logs {job_id}   status: skinscan jobs status {job_id}")
         return 0

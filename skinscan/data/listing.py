@@ -46,6 +46,7 @@ class Unit:
     kind: str
     target: str
     prefix: str = ""
+    include_masks: bool = False  # list mask files (`storage.is_mask`) as inputs too
 
 
 def uri_keys(uris) -> np.ndarray:
@@ -57,15 +58,26 @@ def uri_keys(uris) -> np.ndarray:
     )
 
 
-def _subfolders_and_files(uri: str) -> tuple[list[str], bool]:
+def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Per key, whether it is in `sorted_keys` (sorted, unique): a binary search each, O(n log M). `np.isin`
+    sorts all M keys on every call, which a resume over millions of written rows pays once per listing block."""
+    keys = np.asarray(keys, sorted_keys.dtype)
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
+
+
+def _subfolders_and_files(uri: str, include_masks: bool = False) -> tuple[list[str], bool]:
     """(subfolder URIs, whether the folder holds files itself). Local folders are scanned entry by entry, so a flat
-    folder of a million files costs the driver no memory."""
+    folder of a million files costs the driver no memory. A `masks/` subfolder is left out unless `include_masks`."""
+    skip = {"__MACOSX"} if include_masks else {"__MACOSX", storage.MASK_FOLDER}
     if "://" not in uri:
         dirs, has_files = [], False
         with os.scandir(uri) as it:
             for e in it:
                 if e.is_dir():
-                    if e.name != "__MACOSX":  # as `storage.list_files`: hidden files skipped, not folders
+                    if e.name.lower() not in {s.lower() for s in skip}:  # hidden files skipped, not folders
                         dirs.append(e.path)
                 else:
                     has_files = True
@@ -76,15 +88,16 @@ def _subfolders_and_files(uri: str) -> tuple[list[str], bool]:
     for info in fs.ls(path, detail=True):
         name = info["name"].rstrip("/")
         if info["type"] == "directory":
-            if posixpath.basename(name) != "__MACOSX":
+            if posixpath.basename(name).lower() not in {s.lower() for s in skip}:
                 dirs.append(f"{protocol}://{name.lstrip('/')}")
         else:
             has_files = True
     return sorted(dirs), has_files
 
 
-def plan_units(uri: str) -> list[Unit]:
-    """The listing units of an input: a manifest, an archive (or a folder inside one), or a folder/prefix."""
+def plan_units(uri: str, include_masks: bool = False) -> list[Unit]:
+    """The listing units of an input: a manifest, an archive (or a folder inside one), or a folder/prefix. Masks
+    (`storage.is_mask`) are not inputs unless `include_masks`; a manifest lists exactly its rows."""
     uri = storage.normalize(uri)
     if uri.lower().endswith(MANIFEST_SUFFIXES):
         if not storage.exists(uri):
@@ -95,17 +108,19 @@ def plan_units(uri: str) -> list[Unit]:
         _, member, archive = chained
         if not storage.exists(archive):
             raise DataError(f"archive not found: {archive}")
-        return [Unit("archive", storage.normalize(archive), member.strip("/") + "/")]
+        return [Unit("archive", storage.normalize(archive), member.strip("/") + "/", include_masks)]
     if storage.archive_kind(uri) is not None:
         if not storage.exists(uri):
             raise DataError(f"archive not found: {uri}")
-        return [Unit("archive", uri)]
+        return [Unit("archive", uri, include_masks=include_masks)]
     if not storage.exists(uri):
         raise DataError(f"input not found: {uri}")
     if not storage.is_dir(uri):
         return [Unit("file", uri)]
-    dirs, has_files = _subfolders_and_files(uri)
-    return ([Unit("files", uri)] if has_files else []) + [Unit("tree", d) for d in dirs]
+    dirs, has_files = _subfolders_and_files(uri, include_masks)
+    return ([Unit("files", uri, include_masks=include_masks)] if has_files else []) + [
+        Unit("tree", d, include_masks=include_masks) for d in dirs
+    ]
 
 
 def _table(ids: list[str], uris: list[str], meta: dict[str, list] | None = None) -> pa.Table:
@@ -184,15 +199,14 @@ def iter_unit(unit: Unit, chunk_rows: int = 4096) -> Iterator[pa.Table]:
     if unit.kind == "file":
         uris = [unit.target]
     elif unit.kind == "archive":
-        uris = storage.list_files(unit.target)
-        if unit.prefix:
-            uris = [u for u in uris if storage.split_chained(u)[1].startswith(unit.prefix)]
+        target = storage.join(unit.target, unit.prefix.rstrip("/")) if unit.prefix else unit.target
+        uris = storage.list_files(target, include_masks=unit.include_masks)
     else:
-        uris = storage.list_files(unit.target, recursive=unit.kind == "tree")
+        uris = storage.list_files(unit.target, recursive=unit.kind == "tree", include_masks=unit.include_masks)
     yield from _chunks(uris, chunk_rows)
 
 
-def list_all(uri: str) -> pa.Table:
+def list_all(uri: str, include_masks: bool = False) -> pa.Table:
     """Every input of `uri` in one table (tests and small tools; the screening job streams `iter_unit`)."""
-    tables = [t for u in plan_units(uri) for t in iter_unit(u)]
+    tables = [t for u in plan_units(uri, include_masks) for t in iter_unit(u)]
     return pa.concat_tables(tables) if tables else LISTING_SCHEMA.empty_table()

@@ -29,6 +29,8 @@ MANIFEST_COLUMNS = ["image_id", "uri", "label", "lesion_id", "source", "sha256"]
 METADATA_COLUMNS = ["age", "sex", "site"]
 """Optional patient metadata kept where the source has it (HAM10000 `localization`, ISIC `anatom_site_general` and
 `age_approx` are renamed): evaluation breaks figures down by them."""
+OPTIONAL_TEXT_COLUMNS = ["label", "lesion_id", "source", "source_split", "mask_uri", "sex", "site"]
+"""Text fields a row may lack. They are None wherever a stage reads them (see `missing_as_none`)."""
 ISIC_GT_NAME = "ISIC_2019_Training_GroundTruth.csv"
 ISIC_META_NAME = "ISIC_2019_Training_Metadata.csv"
 HAM_META_NAME = "HAM10000_metadata.csv"
@@ -110,12 +112,25 @@ def _finish(df: pd.DataFrame, source: str, hash_bytes: bool) -> pd.DataFrame:
             df[col] = None
     df["sha256"] = sha256_uris(df["uri"].tolist()) if hash_bytes else ""
     df = df[MANIFEST_COLUMNS + [c for c in [*METADATA_COLUMNS, "source_split"] if c in df]].reset_index(drop=True)
-    df["label"] = df["label"].astype("object").where(df["label"].notna(), None)
-    df["lesion_id"] = df["lesion_id"].astype("object").where(df["lesion_id"].notna(), None)
-    df = typed_metadata(df)
+    df = typed_metadata(missing_as_none(df))
     if df["image_id"].duplicated().any():
         dup = df["image_id"][df["image_id"].duplicated()].iloc[0]
         raise DataError(f"{source}: duplicate image_id {dup}")
+    return df
+
+
+def text_or_none(values: pd.Series) -> pd.Series:
+    """The column as Python objects with None where a value is missing. pandas 3 stores text as its string dtype,
+    whose missing value is NaN, a float (`if uri:` is then true); pandas 2 gives None or NaN depending on the path."""
+    return values.astype(object).where(values.notna(), None)
+
+
+def missing_as_none(df: pd.DataFrame) -> pd.DataFrame:
+    """The one place where optional text fields (`OPTIONAL_TEXT_COLUMNS`) become None when missing: every reader,
+    the union of sources and the training rows pass through it, on pandas 2 and 3 alike."""
+    for col in OPTIONAL_TEXT_COLUMNS:
+        if col in df:
+            df[col] = text_or_none(df[col])
     return df
 
 
@@ -126,7 +141,7 @@ def typed_metadata(df: pd.DataFrame) -> pd.DataFrame:
         df["age"] = pd.to_numeric(df["age"], errors="coerce")
     for col in ("sex", "site", "source_split"):
         if col in df:
-            text = df[col].astype("object").where(df[col].notna(), None)
+            text = text_or_none(df[col])
             df[col] = [None if v is None or str(v).strip().lower() in ("", "unknown", "nan") else str(v) for v in text]
     return df
 
@@ -251,10 +266,7 @@ def read_manifest_file(uri: str) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
-    df = df[MANIFEST_COLUMNS + extra]
-    for col in ("label", "lesion_id"):
-        df[col] = df[col].astype("object").where(df[col].notna(), None)
-    return typed_metadata(df)
+    return typed_metadata(missing_as_none(df[MANIFEST_COLUMNS + extra].copy()))
 
 
 def write_manifest(df: pd.DataFrame, path: str) -> str:
@@ -342,7 +354,7 @@ def build_sources(configs: list[DataConfig]) -> pd.DataFrame:
         if cfg.name:
             df = df.assign(source=cfg.name)
         frames.append(df.reset_index(drop=True))
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    df = missing_as_none(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
     dup = df["image_id"][df["image_id"].duplicated()]
     if len(dup):
         raise DataError(f"image {dup.iloc[0]} (and {len(dup) - 1} more) is in two sources; remove the overlap")

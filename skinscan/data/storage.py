@@ -130,31 +130,51 @@ def is_dir(uri: str) -> bool:
     return fs.isdir(path)
 
 
-def _keep(name: str, include_sidecars: bool) -> bool:
+MASK_SUFFIXES = ("_segmentation.png", "_superpixels.png")
+"""ISIC's lesion masks and superpixel maps: images, but not dermoscopy images (listed only when asked for)."""
+MASK_FOLDER = "masks"
+
+
+def is_mask(relative_name: str) -> bool:
+    """Whether a file, named relative to the listed root, is a mask: an ISIC mask or superpixel name, or any file
+    under a `masks/` folder (the layout SkinScan's own archives and HAM10000's segmentations use)."""
+    parts = relative_name.strip("/").lower().split("/")
+    return parts[-1].endswith(MASK_SUFFIXES) or MASK_FOLDER in parts[:-1]
+
+
+def _keep(name: str, include_sidecars: bool, include_masks: bool = True, relative: str = "") -> bool:
     base = posixpath.basename(name)
     if not base or base.startswith(".") or "__MACOSX" in name:
+        return False
+    if not include_masks and is_mask(relative or name):
         return False
     return include_sidecars or not base.lower().endswith(SIDECAR_SUFFIXES)
 
 
-def list_files(uri: str, include_sidecars: bool = False, recursive: bool = True) -> list[str]:
+def list_files(
+    uri: str, include_sidecars: bool = False, recursive: bool = True, include_masks: bool = False
+) -> list[str]:
     """Every file under a folder or inside an archive, as readable URIs, sorted (`recursive` False: the folder's
     own files only, not those of its subfolders; folders only).
 
-    Sidecar files (CSV, JSON, YAML, Parquet, text) are left out unless `include_sidecars`.
+    Sidecar files (CSV, JSON, YAML, Parquet, text) are left out unless `include_sidecars`; masks (`is_mask`, named
+    relative to `uri`) unless `include_masks`.
     """
     uri = normalize(uri)
     chained = split_chained(uri)
     if chained:  # a folder inside an archive: zip://images::/data/x.zip
         prefix = chained[1].strip("/") + "/"
-        return [u for u in list_files(chained[2], include_sidecars) if split_chained(u)[1].startswith(prefix)]
+        members = ((u, split_chained(u)[1]) for u in list_files(chained[2], include_sidecars, include_masks=True))
+        return [u for u, m in members if m.startswith(prefix) and (include_masks or not is_mask(m[len(prefix) :]))]
     kind = archive_kind(uri)
     if kind is not None:
         if not exists(uri):
             raise DataError(f"archive not found: {uri}")
         fs = archive_fs(kind[0], uri, kind[1])
         names = [n for n, info in fs.find("", detail=True).items() if info.get("type") == "file"]
-        return sorted(f"{kind[0]}://{n.lstrip('/')}::{uri}" for n in names if _keep(n, include_sidecars))
+        return sorted(
+            f"{kind[0]}://{n.lstrip('/')}::{uri}" for n in names if _keep(n, include_sidecars, include_masks, n)
+        )
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
         raise DataError(f"input not found: {uri}")
@@ -170,8 +190,9 @@ def list_files(uri: str, include_sidecars: bool = False, recursive: bool = True)
             for i in fs.ls(path, detail=True)
             if i["type"] == "file" or (i.get("islink") and os.path.isfile(i["name"]))
         ]
+    root = path.rstrip("/") + "/"
     for name in names:
-        if not _keep(name, include_sidecars):
+        if not _keep(name, include_sidecars, include_masks, name[len(root) :] if name.startswith(root) else name):
             continue
         out.append(name if protocol in ("file", "local") else f"{protocol}://{name.lstrip('/')}")
     return sorted(out)
@@ -240,10 +261,25 @@ def node_lock(directory: Path) -> Iterator[None]:
 
 
 def write_local_atomic(path: Path, data: bytes) -> None:
-    """Temporary file beside `path` (a hidden name no reader lists), then rename: readers see all or nothing."""
+    """Temporary file beside `path` (a hidden name no reader lists), flushed to disk, then renamed, and the rename
+    itself flushed: readers see all or nothing, also after a power loss or on a shared filesystem (a rename without
+    fsync can leave a zero-byte file under the final name)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a filesystem that cannot open folders: the file itself is already on disk
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def fetch_once(uri: str, kind: str) -> Path:

@@ -1,5 +1,5 @@
 """ISIC challenge files: predictions (image + category probabilities) and ground truth, and scoring them
-with the official `isic-challenge-scoring` package when it is installed."""
+with the official `isic-challenge-scoring` package where an interpreter has it (see `SCORER_PYTHON_ENV`)."""
 
 from __future__ import annotations
 
@@ -35,20 +35,42 @@ def write_isic_files(
     return paths
 
 
-def official_score(truth_csv: Path, predictions_csv: Path) -> dict | None:
-    """Balanced accuracy and per-category AUC from the official scorer, or None when it is not installed."""
-    try:
-        from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
-    except ImportError:
-        return None
-    import warnings
+SCORER_PYTHON_ENV = "SKINSCAN_ISIC_SCORER_PYTHON"
+"""A Python interpreter with `isic-challenge-scoring` installed, in an environment of its own: the scorer (5.6.0,
+the last release for Python 3.11) needs pandas < 3, which SkinScan's environment does not cap. Make one with
+`python3 -m venv ~/.cache/isic-scorer && ~/.cache/isic-scorer/bin/pip install isic-challenge-scoring==5.6.0
+'pandas<3'` and point this variable at its `bin/python`."""
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the scorer calls DataFrame.applymap
-        score = ClassificationScore.from_file(
-            Path(truth_csv), Path(predictions_csv), ClassificationMetric.BALANCED_ACCURACY
-        )
-    return {
-        "balanced_accuracy": float(score.aggregate["balanced_accuracy"]),
-        "auc": {c: float(v) for c, v in score.per_category["auc"].items()},
-    }
+_SCORE = """
+import json, sys, warnings
+from pathlib import Path
+from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # the scorer calls DataFrame.applymap
+    score = ClassificationScore.from_file(Path(sys.argv[1]), Path(sys.argv[2]), ClassificationMetric.BALANCED_ACCURACY)
+print(json.dumps({"balanced_accuracy": float(score.aggregate["balanced_accuracy"]),
+                  "auc": {c: float(v) for c, v in score.per_category["auc"].items()}}))
+"""
+
+
+def official_score(truth_csv: Path, predictions_csv: Path, python: str | None = None) -> dict | None:
+    """Balanced accuracy and per-category AUC from the official scorer, run by `python` (default: the interpreter
+    named by SKINSCAN_ISIC_SCORER_PYTHON, else this one), or None when the scorer is not installed there."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    python = python or os.environ.get(SCORER_PYTHON_ENV)
+    if not python:
+        try:
+            import isic_challenge_scoring  # noqa: F401
+        except ImportError:
+            return None
+        python = sys.executable
+    run = subprocess.run([python, "-c", _SCORE, str(truth_csv), str(predictions_csv)], capture_output=True, text=True)
+    if run.returncode != 0:
+        if "No module named 'isic_challenge_scoring'" in run.stderr:
+            return None
+        raise RuntimeError(f"official ISIC scorer ({python}) failed: {run.stderr.strip().splitlines()[-1:]}")
+    return json.loads(run.stdout)

@@ -12,10 +12,21 @@ import numpy as np
 from tqdm import tqdm
 
 from skinscan.config import ScreenConfig
+from skinscan.data.listing import in_sorted
 from skinscan.errors import ConfigError, DataError, SkinScanError
 from skinscan.ray_connect import connect, quiet_stderr, starts_local_ray
+from skinscan.screening.lease import OutputLease
 from skinscan.screening.output import check_and_record, check_writable, record_summary
-from skinscan.screening.writer import done_keys, list_parts, prune_stale, read_results, uri_keys, write_batch
+from skinscan.screening.writer import (
+    TRANSIENT_ERRORS,
+    done_keys,
+    drop_transient_errors,
+    list_parts,
+    prune_stale,
+    read_results,
+    uri_keys,
+    write_batch,
+)
 
 WRITE_CPUS = 0.25  # a write task converts and uploads one part: mostly I/O
 
@@ -140,7 +151,7 @@ def drop_done(batch: dict, done) -> dict:
     if key not in _DONE:
         _DONE.clear()
         _DONE[key] = ray.get(done)
-    keep = ~np.isin(np.asarray(batch["key"], np.uint64), _DONE[key])
+    keep = ~in_sorted(np.asarray(batch["key"], np.uint64), _DONE[key])
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
 
@@ -153,7 +164,7 @@ def _input_keys(refs: list) -> np.ndarray:
     return np.concatenate(keys) if keys else np.zeros(0, np.uint64)
 
 
-def _done_task(output: str, refs: list) -> tuple[np.ndarray, int]:
+def _done_task(output: str, refs: list) -> tuple[np.ndarray, int, list[str]]:
     return done_keys(output, _input_keys(refs))
 
 
@@ -163,6 +174,10 @@ def _count_task(output: str, refs: list) -> dict:
 
 def _prune_task(output: str, refs: list) -> dict:
     return prune_stale(output, _input_keys(refs))
+
+
+def _retry_task(output: str) -> dict:
+    return drop_transient_errors(output)
 
 
 def explain_in_pool(cfg: ScreenConfig) -> bool:
@@ -326,11 +341,8 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     The driver plans the listing, starts the pipeline and counts parts: the inputs are listed in read tasks into
     the object store, the resume index and the final counts are computed in tasks, and the rows are written by the
     workers that made them."""
-    import ray
 
     from skinscan.data.listing import plan_units
-    from skinscan.data.storage import storage_env
-    from skinscan.screening.inputs import read_inputs
 
     if not cfg.input:
         raise ConfigError("config key input: give an archive, folder or manifest (--input)")
@@ -338,7 +350,35 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     _check_models(cfg)
     _check_backend(cfg, ray_address)
     check_writable(cfg.output)
-    units = plan_units(cfg.input)
+    units = plan_units(cfg.input, cfg.include_masks)
+    with OutputLease(cfg.output):  # one run at a time per output: a second is refused in one line
+        return _screen_held(cfg, ray_address, units)
+
+
+def _check_output_reachable(cfg: ScreenConfig) -> None:
+    """A local output on a cluster of several machines would be written to each worker's own disk: refused in one
+    line, unless `output_shared` says every node mounts it (NFS, a cluster filesystem)."""
+    import ray
+
+    from skinscan.data import storage
+
+    if storage.is_remote(cfg.output) or cfg.output_shared:
+        return
+    hosts = {n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+    if len(hosts) > 1:
+        raise ConfigError(
+            f"output {cfg.output} is a local path, but the cluster spans {len(hosts)} machines: each would write "
+            "to its own disk. Use an object-store URI (s3://, gs://), or output_shared=true if every node mounts it"
+        )
+
+
+def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list) -> dict:
+    """`screen` once the output's lease is held."""
+    import ray
+
+    from skinscan.data.storage import storage_env
+    from skinscan.screening.inputs import read_inputs
+
     try:
         earlier = bool(list_parts(cfg.output))
     except PermissionError:
@@ -347,6 +387,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
         raise SkinScanError(f"{cfg.output} already holds results; use resume=true or another output")
     check_and_record(cfg, earlier, cfg.force_mixed)
     connect(ray_address, cfg.connect_timeout_s)
+    _check_output_reachable(cfg)
     _warn_if_tasks_starve(cfg)
     env = storage_env()
     t_list = time.time()
@@ -367,10 +408,19 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
             + (f" (e.g. {', '.join(pruned['examples'])})" if pruned["examples"] else ""),
             flush=True,
         )
+    if earlier and cfg.retry_errors:  # transient error rows go; the resume index then counts them as to do
+        retried = ray.get(_task(_retry_task, env).remote(cfg.output))
+        print(f"[screen] {retried['rows']} rows with a transient error ({', '.join(TRANSIENT_ERRORS)}) to screen again")
     done, n_done = None, 0
     if earlier:  # the resume index is built in a task and reaches the read tasks through the object store
-        done, n_done_ref = _task(_done_task, env, num_returns=2).remote(cfg.output, refs)
-        n_done = ray.get(n_done_ref)
+        done, n_done_ref, aside_ref = _task(_done_task, env, num_returns=3).remote(cfg.output, refs)
+        n_done, aside = ray.get([n_done_ref, aside_ref])
+        if aside:
+            print(
+                f"[screen] set aside {len(aside)} unreadable parts in {cfg.output}/set_aside "
+                f"(e.g. {aside[0]}): their inputs are screened again",
+                flush=True,
+            )
     print(
         f"[screen] {n_inputs} inputs listed in {time.time() - t_list:.1f}s ({len(units)} listing tasks); "
         f"{n_done} already written, {n_inputs - n_done} to do",

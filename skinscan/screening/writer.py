@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skinscan.data import storage
-from skinscan.data.listing import uri_keys
+from skinscan.data.listing import in_sorted, uri_keys
 from skinscan.screening.schema import SCHEMA
 
 RESULTS_DIR = "results"  # Parquet parts live in OUTPUT/results/ (only Parquet there: pandas/polars/DuckDB read it)
@@ -41,29 +41,66 @@ HEAVY_COLUMNS = ("mask_png", "heatmap_png", "thumbnail_jpeg")
 """The image columns: readers that only count or summarise leave them out."""
 
 
-def read_results(output: str, columns: list[str] | None = None, uris: list[str] | None = None) -> pa.Table:
+SET_ASIDE_DIR = "set_aside"
+"""Parts that cannot be read (empty, torn, not Parquet) are moved here, out of results/: their inputs count as not
+written, so the next run screens them again, and nothing is deleted."""
+
+
+def set_aside(output: str, part: str, reason: str) -> str:
+    """Move an unreadable part to OUTPUT/set_aside/ (a timestamped name: nothing is overwritten); returns its name."""
+    import sys
+    import time
+
+    fs, _ = _fs(output)
+    name = part.rsplit("/", 1)[-1]
+    dest_fs, dest_root = fsspec.core.url_to_fs(output.rstrip("/") + "/" + SET_ASIDE_DIR)
+    dest_fs.makedirs(dest_root, exist_ok=True)
+    dest_fs.mv(part, f"{dest_root.rstrip('/')}/{name}.{time.strftime('%Y%m%dT%H%M%S')}")
+    print(f"[screen] set aside unreadable part {name} ({reason}); its inputs will be screened again", file=sys.stderr)
+    return name
+
+
+def _read_part(fs, part: str, columns: list[str] | None, filter_=None):
+    """One part with the current schema: columns a part was written without (an older schema version) read as
+    null. Raises pa.ArrowInvalid for a part that is not readable Parquet."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset([part], schema=SCHEMA, format="parquet", filesystem=fs).to_table(
+        columns=columns, filter=filter_
+    )
+
+
+def read_results(
+    output: str, columns: list[str] | None = None, uris: list[str] | None = None, aside: list[str] | None = None
+) -> pa.Table:
     """Rows written so far: any subset of columns, and only the rows of `uris` when given (pushed down to the
-    Parquet reader, so the other rows' images are never read)."""
+    Parquet reader, so the other rows' images are never read). Parts of older schema versions read with the missing
+    columns null; an unreadable part is set aside (`set_aside`, its name appended to `aside`) instead of failing."""
     import pyarrow.dataset as pads
 
     fs, _ = _fs(output)
-    parts = list_parts(output)
-    if not parts:
-        return SCHEMA.empty_table().select(columns) if columns else SCHEMA.empty_table()
-    if uris is None:
-        tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in parts]
-        return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
-    dataset = pads.dataset(parts, schema=SCHEMA, format="parquet", filesystem=fs)  # missing columns read as null
-    return dataset.to_table(columns=columns, filter=pads.field("uri").isin(pa.array(list(uris), pa.string())))
+    filter_ = None if uris is None else pads.field("uri").isin(pa.array(list(uris), pa.string()))
+    tables = []
+    for part in list_parts(output):
+        try:
+            tables.append(_read_part(fs, part, columns, filter_))
+        except pa.ArrowInvalid as err:
+            name = set_aside(output, part, str(err).splitlines()[0][:120])
+            if aside is not None:
+                aside.append(name)
+    empty = SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else (empty.select(columns) if columns else empty)
 
 
-def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """(sorted keys of every URI already written, how many of `input_keys` are among them). Runs as a Ray task, so
-    the written URIs are read where the task runs and travel to the read tasks through the object store."""
-    done = np.unique(uri_keys(read_results(output, ["uri"]).column("uri").to_pylist()))
+def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.ndarray, int, list[str]]:
+    """(sorted keys of every URI already written, how many of `input_keys` are among them, parts set aside as
+    unreadable). Runs as a Ray task, so the written URIs are read where the task runs and travel to the read tasks
+    through the object store."""
+    aside: list[str] = []
+    done = np.unique(uri_keys(read_results(output, ["uri"], aside=aside).column("uri").to_pylist()))
     if input_keys is None:
-        return done, len(done)
-    return done, int(np.isin(input_keys, done).sum())
+        return done, len(done), aside
+    return done, int(in_sorted(input_keys, done).sum()), aside
 
 
 def part_name(uris) -> str:
@@ -117,22 +154,47 @@ def to_table(batch: dict) -> pa.Table:
     return pa.table(cols, schema=SCHEMA)
 
 
-def prune_stale(output: str, input_keys: np.ndarray) -> dict:
-    """Remove the rows whose input is no longer listed, rewriting only the parts that hold them: the kept rows go
-    to a new part (named after them, written atomically) before the old part is deleted, so an interruption can
-    leave a kept row twice (reported as a duplicate; pruning again fixes it) but never loses one."""
+TRANSIENT_ERRORS = ("read_error",)
+"""Row errors worth another try (a read that failed or timed out); bytes that did not decode stay errors."""
+
+
+def drop_rows(output: str, columns: list[str], drop) -> dict:
+    """Remove the rows for which `drop(table of columns) -> bool mask` holds, rewriting only the parts that hold
+    them: the kept rows go to a new part (named after them, written atomically) before the old part is deleted, so
+    an interruption can leave a kept row twice (reported as a duplicate; running again fixes it) but never loses
+    one. A removed row's input counts as not written: the next run screens it again."""
     fs, _ = _fs(output)
-    inputs = np.unique(np.asarray(input_keys, np.uint64))
     rows, parts, examples = 0, 0, []
     for part in list_parts(output):
-        uris = pq.read_table(part, columns=["uri"], filesystem=fs).column("uri").to_pylist()
-        keep = np.isin(uri_keys(uris), inputs)
-        if keep.all():
+        try:
+            t = _read_part(fs, part, ["uri", *columns])
+        except pa.ArrowInvalid as err:  # unreadable: set aside (its inputs are screened again)
+            set_aside(output, part, str(err).splitlines()[0][:120])
             continue
-        examples += [u for u, k in zip(uris, keep) if not k][: 3 - len(examples)]
-        kept = pq.read_table(part, filesystem=fs).filter(pa.array(keep))
+        gone = np.asarray(drop(t), bool)
+        if not gone.any():
+            continue
+        examples += [u for u, g in zip(t.column("uri").to_pylist(), gone) if g][: 3 - len(examples)]
+        kept = _read_part(fs, part, None).filter(pa.array(~gone))
         if kept.num_rows:
             write_part(output, kept)
         fs.rm(part)
-        rows, parts = rows + int((~keep).sum()), parts + 1
+        rows, parts = rows + int(gone.sum()), parts + 1
     return {"rows": rows, "parts": parts, "examples": examples}
+
+
+def prune_stale(output: str, input_keys: np.ndarray) -> dict:
+    """Remove the rows whose input is no longer listed (`drop_rows`)."""
+    inputs = np.unique(np.asarray(input_keys, np.uint64))
+    return drop_rows(output, [], lambda t: ~in_sorted(uri_keys(t.column("uri").to_pylist()), inputs))
+
+
+def drop_transient_errors(output: str) -> dict:
+    """Remove the error rows whose error was transient (`TRANSIENT_ERRORS`), so that this run screens them again."""
+    import pyarrow.compute as pc
+
+    def transient(t: pa.Table):
+        hit = pc.is_in(t.column("error_type"), pa.array(TRANSIENT_ERRORS, pa.string()))
+        return pc.and_(pc.equal(t.column("status"), "error"), pc.fill_null(hit, False)).to_numpy(zero_copy_only=False)
+
+    return drop_rows(output, ["status", "error_type"], transient)

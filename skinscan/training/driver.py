@@ -61,7 +61,7 @@ def manifest_hash(df: pd.DataFrame) -> str:
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
     """The manifest with a `split` column (and `mask_uri` where masks are used), and the class names."""
     from skinscan.data import storage
-    from skinscan.data.manifest import build_sources
+    from skinscan.data.manifest import build_sources, missing_as_none
     from skinscan.data.masks import mask_uri_for
     from skinscan.data.splits import check_lesions_disjoint, split_by_source
 
@@ -96,12 +96,14 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
     check_lesions_disjoint(df)
     if not (df["split"] == "val").any() or not (df["split"] == "train").any():
         raise DataError("split produced an empty train or val set; use more images or larger fractions")
-    return df, classes
+    return missing_as_none(df), classes
 
 
 def _rows(df: pd.DataFrame, split: str) -> list[dict]:
+    from skinscan.data.manifest import missing_as_none
+
     cols = [c for c in ("image_id", "uri", "label", "mask_uri", *METADATA_COLUMNS) if c in df]
-    return df.loc[df["split"] == split, cols].to_dict("records")
+    return missing_as_none(df.loc[df["split"] == split, cols].copy()).to_dict("records")
 
 
 def plot_history(history: list[dict], metric: str, path: Path) -> None:
