@@ -1,5 +1,6 @@
 """Shipped cluster configs are valid and secure; a real local Ray cluster runs a submitted screening job."""
 
+import functools
 import os
 import re
 import subprocess
@@ -144,6 +145,20 @@ def _strict(schema):
     return schema
 
 
+@functools.cache
+def _crd_validator(kind: str, version: str):
+    """A validator of one CRD version's schema, made once: the CRDs are ~1 MB of YAML each (read with libyaml), and
+    `jsonschema.validate` would check the schema itself against the meta-schema on every call."""
+    import jsonschema
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((CRDS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
+    found = next(v for v in crd["spec"]["versions"] if v["name"] == version)
+    schema = _strict(found["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta is the API server's, not in the CRD
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
 @pytest.mark.parametrize("path", RAY_MANIFESTS, ids=lambda p: p.name)
 def test_kuberay_manifests_validate_against_the_v1_7_crds(path):
     import jsonschema
@@ -151,16 +166,13 @@ def test_kuberay_manifests_validate_against_the_v1_7_crds(path):
     if not CRDS.is_dir():
         pytest.skip(f"KubeRay CRDs not found at {CRDS}")
     doc = yaml.safe_load(path.read_text())
-    crd = yaml.safe_load((CRDS / f"ray.io_{doc['kind'].lower()}s.yaml").read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == doc["apiVersion"].split("/")[1])
-    schema = _strict(version["schema"]["openAPIV3Schema"])
-    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta is the API server's, not in the CRD
-    jsonschema.validate(doc, schema)
+    validator = _crd_validator(doc["kind"], doc["apiVersion"].split("/")[1])
+    validator.validate(doc)
     broken = yaml.safe_load(path.read_text())
     spec = broken["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else broken["spec"]
     spec["authOptions"]["mdoe"] = "token"  # a misspelt field is refused, not ignored
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, schema)
+        validator.validate(broken)
 
 
 def test_dockerfile_pins_and_runs_as_non_root():
