@@ -29,7 +29,7 @@ cluster_pids() {  # the processes whose environment holds this cluster's mark
   for e in /proc/[0-9]*/environ; do
     pid=${e#/proc/}; pid=${pid%/environ}
     [ "$pid" = "$$" ] && continue
-    if tr '\0' '\n' < "$e" 2>/dev/null | grep -qxF -- "$MARK"; then echo "$pid"; fi
+    if grep -qzxF -- "$MARK" "$e" 2>/dev/null; then echo "$pid"; fi
   done
 }
 # jobs run `python` from the same environment as `ray` (e.g. the project's .venv)

@@ -99,7 +99,7 @@ def reachable_locations(cfg: BaseModel, address: str, paths_on_cluster: bool = F
                     "the cluster shares"
                 )
             new = rel.as_posix()
-        new = value.replace(path, new) if chained else new
+        new = f"{chained[0]}://{chained[1]}::{new}" if chained else new
         if isinstance(owner, dict):
             owner[field] = new
         else:

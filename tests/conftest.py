@@ -246,15 +246,25 @@ def local_cluster_pids(temp: str) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
+CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".venv/", ".egg-info")
+"""What a test run may write inside the checkout: interpreter and tool caches, and the environment itself."""
+
+
 def _tree_status() -> set[str] | None:
-    """`git status --porcelain` of the project (untracked files included), or None outside a git checkout."""
+    """`git status --porcelain` of the project, untracked and ignored files included (a stray default output such
+    as runs/screen is ignored by git, not by this check), or None outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=all", "--ignored=matching"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
     except OSError:
         return None
-    return set(out.stdout.splitlines()) if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return {line for line in out.stdout.splitlines() if not any(c in line for c in CACHES)}
 
 
 def pytest_sessionstart(session):

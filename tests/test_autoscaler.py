@@ -21,7 +21,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fake_gpu_cluster(tmp_path_factory):
-    from conftest import free_port_base
+    import signal
+    import time
+
+    from conftest import free_port_base, local_cluster_pids
 
     tmp = tmp_path_factory.mktemp("fake")
     port = free_port_base((0, 1000), 30000, 39000)
@@ -59,6 +62,7 @@ def fake_gpu_cluster(tmp_path_factory):
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token),
         "RAY_USAGE_STATS_ENABLED": "0",
+        "SKINSCAN_LOCAL_CLUSTER": temp_dir,  # every process of this cluster inherits it: teardown finds them all
     }
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -71,9 +75,16 @@ def fake_gpu_cluster(tmp_path_factory):
     try:
         assert up.returncode == 0, up.stderr[-2000:]
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    finally:
-        subprocess.run(["pkill", "-f", temp_dir], capture_output=True)
-        subprocess.run(["pkill", "-9", "-f", temp_dir], capture_output=True)
+    finally:  # by the mark, not the command line: the dashboard and runtime-env agents are renamed processes
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in local_cluster_pids(temp_dir):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while local_cluster_pids(temp_dir) and time.time() < deadline:
+                time.sleep(0.2)
 
 
 def test_gpu_screen_job_makes_the_autoscaler_start_gpu_nodes(fake_gpu_cluster, tiny_bundles, synth_zip, tmp_path):

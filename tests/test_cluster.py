@@ -288,7 +288,7 @@ def test_unauthenticated_submission_is_refused(local_cluster):
 
 
 @pytest.mark.slow
-def test_submit_screen_job_and_bad_configs(local_cluster, tiny_bundles, synth_zip, tmp_path):
+def test_submit_refuses_bad_configs_and_reports_failed_jobs(local_cluster, tiny_bundles, synth_zip, tmp_path):
     address, env = local_cluster
     out = tmp_path / "screen"
     cfg = tmp_path / "screen.yaml"
@@ -302,11 +302,7 @@ def test_submit_screen_job_and_bad_configs(local_cluster, tiny_bundles, synth_zi
             }
         )
     )
-    ok = _skinscan(env, "submit", "screen", "--address", address, "--config", str(cfg), "--follow")
-    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
-    assert "SUCCEEDED" in ok.stdout
-    assert len(pd.read_parquet(out / "results")) == 120
-
+    # a job that succeeds: tests/test_readme.py submits one as the README's walkthrough does
     bad = _skinscan(env, "submit", "screen", "--address", address, "--config", str(cfg), "--set", "explain=maybe")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "config key explain" in bad.stderr
 
@@ -327,7 +323,7 @@ def test_submit_screen_job_and_bad_configs(local_cluster, tiny_bundles, synth_zi
     assert "not a model bundle" in reason
 
     listed = _skinscan(env, "jobs", "list", "--address", address)
-    assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout and "FAILED" in listed.stdout
+    assert listed.returncode == 0 and "FAILED" in listed.stdout and not out.exists()
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ FP16_TOL = 5e-2
 
 @pytest.mark.parametrize("kind", ["swin", "efficientnet", "unet"])
 def test_onnx_parity(kind, tiny_bundles):
-    bundle = tiny_bundles[kind]
-    path = export_onnx(bundle)
+    bundle = tiny_bundles[kind]  # exported by the fixture through export_onnx, as `skinscan convert` does
+    path = bundle / "model.onnx"
     card = read_card(bundle)
     assert card.exports["onnx"].opset >= 17 and path.exists()
     stats = check_parity(bundle, parity_batch(card, None, n=5), max_abs_diff=FP32_TOL)  # odd batch: dynamic

@@ -19,7 +19,7 @@ from skinscan.screening.writer import read_results
 from tests.conftest import make_bundle, s3_node_environment, uninterrupted_probs, use_s3
 
 pytestmark = pytest.mark.slow
-N = 192  # inputs: 48 parts of 4 rows, so the node goes while most are still to come
+N = 96  # inputs: 24 parts of 4 rows, so the node goes while most are still to come
 ROOT = Path(__file__).resolve().parents[1]
 
 

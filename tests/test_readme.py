@@ -56,6 +56,11 @@ def test_cluster_walkthrough_as_written(demo_checkout, tmp_path):
         subprocess.run(["bash", "cluster/local.sh", "stop"], cwd=repo, env=env, capture_output=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "SUCCEEDED" in run.stdout and "Ray cluster on port" in run.stdout
+    listed = [line for line in run.stdout.splitlines() if " screen " in f" {line} " and "python -m jobs.screen" in line]
+    assert listed and "SUCCEEDED" in listed[-1], run.stdout[-2000:]  # `skinscan jobs list`
     rows = pd.read_parquet(repo / "runs" / "demo" / "screen-cluster" / "results")
-    assert len(rows) == 120 and rows["uri"].is_unique and not rows["uri"].str.contains("masks/").any()
+    from skinscan.data.storage import is_mask, split_chained
+
+    members = [split_chained(u)[1] for u in rows["uri"]]
+    assert len(rows) == 120 and rows["uri"].is_unique and not any(is_mask(m) for m in members)
     assert not local_cluster_pids(temp), "processes of the cluster outlived cluster/local.sh stop"

@@ -118,35 +118,63 @@ def test_an_unreadable_part_is_set_aside_and_its_inputs_count_as_not_written(tmp
     assert read_results(str(out), ["uri"]).num_rows == 2  # later readers see only readable parts
 
 
-def test_a_second_run_into_a_held_output_is_refused_and_a_dead_runs_lease_expires(tmp_path):
+def test_a_second_run_into_a_held_local_output_is_refused_and_a_killed_runs_lock_goes_with_it(tmp_path):
     import json
+    import signal
     import subprocess
     import sys
-    import time
 
     from skinscan.errors import SkinScanError
     from skinscan.screening.lease import LEASE, OutputLease
 
     out = str(tmp_path / "o")
-    with OutputLease(out, renew_s=0.05):
-        first = json.loads((tmp_path / "o" / LEASE).read_text())
-        with pytest.raises(SkinScanError, match=rf"being written by run {first['run']} \(host .*pid {first['pid']}"):
+    with OutputLease(out):
+        me = json.loads((tmp_path / "o" / LEASE).read_text())
+        with pytest.raises(SkinScanError, match=rf"being written by run {me['run']} \(host .*pid {me['pid']}"):
             OutputLease(out).acquire()
-        time.sleep(0.2)
-        assert json.loads((tmp_path / "o" / LEASE).read_text())["renewed"] > first["renewed"]  # renewed
     assert not (tmp_path / "o" / LEASE).exists()  # released
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = {**first, "pid": int(dead.stdout), "renewed": time.time()}  # a SIGKILLed driver on this host
-    (tmp_path / "o" / LEASE).write_text(json.dumps(stale))
-    with OutputLease(out):
-        pass
-    elsewhere = {**first, "host": "another-host", "renewed": time.time() - 120}  # not renewed for 2 minutes
-    (tmp_path / "o" / LEASE).write_text(json.dumps(elsewhere))
-    with OutputLease(out):
-        pass
-    (tmp_path / "o" / LEASE).write_text(json.dumps({**elsewhere, "renewed": time.time()}))
-    with pytest.raises(SkinScanError, match="another-host"):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from skinscan.screening.lease import OutputLease; OutputLease({out!r}).acquire(); "
+         "print('held', flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(SkinScanError, match=f"pid {holder.pid}"):
         OutputLease(out).acquire()
+    holder.send_signal(signal.SIGKILL)  # a SIGKILLed driver: its lock goes with its process
+    holder.wait()
+    with OutputLease(out):
+        pass
+
+
+def test_an_object_store_lease_expires_renews_and_notices_a_takeover():
+    import json
+    import time
+
+    import fsspec
+
+    from skinscan.errors import SkinScanError
+    from skinscan.screening.lease import LEASE, OutputLease
+
+    out = f"memory://lease-{time.time_ns()}/o"
+    fs = fsspec.filesystem("memory")
+    path = f"{out.removeprefix('memory://')}/{LEASE}"
+    lease = OutputLease(out, renew_s=0.05)
+    lease.acquire()
+    first = json.loads(fs.cat(path))
+    with pytest.raises(SkinScanError, match=f"being written by run {first['run']}"):
+        OutputLease(out).acquire()
+    time.sleep(0.2)
+    assert json.loads(fs.cat(path))["renewed"] > first["renewed"]  # renewed
+    fs.pipe(path, json.dumps({**first, "run": "other", "host": "another-host"}).encode())  # taken over
+    time.sleep(0.2)
+    assert lease.lost and json.loads(fs.cat(path))["run"] == "other"  # noticed, not stolen back
+    lease.release()
+    assert json.loads(fs.cat(path))["run"] == "other"  # nor deleted
+    fs.pipe(path, json.dumps({**first, "host": "another-host", "renewed": time.time() - 120}).encode())
+    with OutputLease(out):  # not renewed for 2 minutes: expired
+        pass
+    assert not fs.exists(path)
 
 
 def test_screen_into_an_output_another_run_holds_is_refused_before_ray(tmp_path, tiny_bundles, synth_zip):
@@ -195,3 +223,34 @@ def test_retry_errors_drops_only_transient_error_rows(tmp_path):
     assert len(before & set(list_parts(out))) == 1  # only the part that held the row was rewritten
     _, n_done, _ = done_keys(out, uri_keys(["ok1", "ok2", "read", "torn"]))
     assert n_done == 3  # the transient one is to do again; the undecodable one stays an error row
+
+
+def test_a_readable_part_of_another_schema_is_a_one_line_error_not_set_aside(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skinscan.errors import SkinScanError
+    from skinscan.screening.writer import to_table
+
+    out = tmp_path / "o"
+    write_batch(_batch(["a", "b"]), str(out))
+    t = to_table(_batch(["c", "d"]))
+    t = t.set_column(t.schema.get_field_index("confidence"), "confidence", pa.array(["high", "low"]))
+    pq.write_table(t, out / "results" / "part-other.parquet")
+    assert done_keys(str(out), uri_keys(["a", "c"]))[1] == 2  # resume reads only `uri`: the part counts
+    with pytest.raises(SkinScanError, match=r"part-other.parquet: its columns do not fit schema v1"):
+        read_results(str(out), ["uri", "confidence"], aside=[])
+    assert (out / "results" / "part-other.parquet").exists() and not (out / "set_aside").exists()
+
+
+def test_a_write_task_on_another_machine_refuses_a_local_output(tmp_path, monkeypatch):
+    import socket
+
+    from skinscan.errors import SkinScanError
+
+    out = str(tmp_path / "o")
+    write_batch(_batch(["a"]), out, host=socket.gethostname())  # the driver's machine: written
+    monkeypatch.setattr(socket, "gethostname", lambda: "autoscaled-gpu-node")
+    with pytest.raises(SkinScanError, match="local path of .* but this write task runs on autoscaled-gpu-node"):
+        write_batch(_batch(["b"]), out, host="driver-host")
+    assert read_results(out, ["uri"]).column("uri").to_pylist() == ["a"]

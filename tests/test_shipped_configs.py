@@ -1,6 +1,8 @@
 """Every YAML in configs/ runs: loaded as shipped, then shrunk (data, size, epochs, resources) and run through the
-same entry point the CLI and the Ray jobs call. Each test prints what it changed; a config this machine cannot run
-would be a skip naming why (none is, today: GPU configs shrink to CPU)."""
+same entry point the CLI and the Ray jobs call. The four files `skinscan demo` loads are run by the demo (the
+session's `demo_checkout`, shrunk to 120 images) and checked here in its outputs; the others run here. Each test
+prints what it changed; a config this machine cannot run would be a skip naming why (none is, today: GPU configs
+shrink to CPU)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,12 @@ from skinscan.config import CONFIG_KINDS, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+RUN_BY_DEMO = {  # file -> the demo artefact made with it
+    "configs/synth/demo.yaml": "screening input",
+    "configs/train/tiny.yaml": "classifier bundle",
+    "configs/train/unet_tiny.yaml": "segmenter bundle",
+    "configs/screen/local_cpu.yaml": "screening results (Parquet)",
+}
 TINY = {"swin": {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}, "unet": {"base": 8}}
 
 
@@ -81,15 +89,49 @@ def _shrunk_train(path: Path, sources: dict[str, Path], tmp: Path) -> tuple[dict
     return raw, changed
 
 
+def _check_demo_ran(path: Path, demo_checkout) -> list[str]:
+    """The demo's artefact made with `path`, and the settings of `path` it records."""
+    import yaml
+
+    repo, result = demo_checkout
+    shipped = yaml.safe_load(path.read_text())
+    art = {k: Path(v) for k, v in result["artefacts"].items()}
+    demo = repo / "runs" / "demo"
+    what = RUN_BY_DEMO[_id(path)]
+    if what == "screening input":
+        import zipfile
+
+        with zipfile.ZipFile(demo / "synth.zip") as z:
+            gt = pd.read_csv(z.open("ISIC_2019_Training_GroundTruth.csv"))
+        present = {c for c in gt.columns[1:] if gt[c].sum() > 0}
+        assert len(gt) == 120 and present == set(shipped["classes"])
+    elif what.endswith("bundle"):
+        used = yaml.safe_load((art[what] / "config.yaml").read_text())
+        assert used["name"] == shipped["name"] and used["model"]["name"] == shipped["model"]["name"]
+        assert used["task"] == shipped.get("task", "classify")
+    else:
+        used = yaml.safe_load((art[what].parent / "screen_config.yaml").read_text())
+        assert used["classify"]["batch_size"] == shipped["classify"]["batch_size"]
+        assert used["explain"] == shipped["explain"] and used["backend"] == shipped["backend"]
+        assert len(pd.read_parquet(art[what])) == 120
+    return [f"by skinscan demo (tests/test_demo.py): {what}, 120 images"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=_id)
-def test_shipped_config_runs_shrunk(path, tmp_path, tiny_sources, tiny_bundles, synth_zip, ray_local, capsys):
+def test_shipped_config_runs_shrunk(path, tmp_path, request, capsys):
     import yaml
 
     kind = path.relative_to(ROOT / "configs").parts[0]
     model = CONFIG_KINDS[kind]
     load_config(model, path)  # as shipped: validates
+    if _id(path) in RUN_BY_DEMO:
+        changed = _check_demo_ran(path, request.getfixturevalue("demo_checkout"))
+        kind = "checked"
+    else:
+        request.getfixturevalue("ray_local")
     if kind == "train":
+        tiny_sources = request.getfixturevalue("tiny_sources")
         from skinscan.models.bundle import read_card
         from skinscan.training.driver import run
 
@@ -104,6 +146,7 @@ def test_shipped_config_runs_shrunk(path, tmp_path, tiny_sources, tiny_bundles, 
     elif kind == "screen":
         from skinscan.screening.pipeline import screen
 
+        tiny_bundles, synth_zip = request.getfixturevalue("tiny_bundles"), request.getfixturevalue("synth_zip")
         raw = yaml.safe_load(path.read_text())
         changed = ["tiny bundles and archive", "1 actor per stage"]
         raw.update(
@@ -124,7 +167,7 @@ def test_shipped_config_runs_shrunk(path, tmp_path, tiny_sources, tiny_bundles, 
             changed.append("CPU: onnxruntime instead of TensorRT, CPU decode")
         summary = screen(model.model_validate(raw))
         assert summary["rows"] == 120 and summary["complete"]
-    else:
+    elif kind == "synth":
         from skinscan.data.synth import generate
 
         raw = yaml.safe_load(path.read_text())
@@ -134,6 +177,12 @@ def test_shipped_config_runs_shrunk(path, tmp_path, tiny_sources, tiny_bundles, 
         assert len(gt) == 12 and (tmp_path / "synth.zip").stat().st_size > 0
     with capsys.disabled():
         print(f"\n  {_id(path)}: ran shrunk ({'; '.join(changed)})")
+
+
+def test_the_demo_loads_the_files_it_is_credited_with():
+    demo = (ROOT / "skinscan" / "demo.py").read_text()
+    for name in RUN_BY_DEMO:
+        assert f'CONFIGS / "{name.removeprefix("configs/")}"' in demo, name
 
 
 def test_every_config_folder_has_a_runner():

@@ -123,8 +123,11 @@ def test_rows_with_and_without_masks_and_metadata_train_under_the_installed_pand
     loader, _, _ = loop.make_loaders(cfg, config, rank=0, world=1)
     ds = loader.dataset
     i = rows.index(without[0])
-    # no mask: unknown pixels (the mask loss skips the image; rotation pads corners); no metadata: zeros
-    assert (ds[i][2] == UNKNOWN_MASK).any() and not ds[i][3].any()
+    transform, ds.transform = ds.transform, None  # unaugmented (rotation pads corners with 0)
+    assert (ds[i][2] == UNKNOWN_MASK).all() and not ds[i][3].any()  # no mask: all unknown; no metadata: zeros
+    with_mask = rows.index(next(r for r in rows if r not in without))
+    assert not (ds[with_mask][2] == UNKNOWN_MASK).any()
+    ds.transform = transform
     t = loop._trainee(cfg, len(classes), steps_per_epoch=len(loader))
     before = [p.detach().clone() for p in t.unwrapped.parameters()]
     loss_sum, seen, _ = train_one_epoch(t, loader)

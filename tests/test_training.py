@@ -41,6 +41,17 @@ def trained(ray_local, train_synth, tmp_path_factory):
     return run(_cfg(tmp, train_synth))
 
 
+RESUME_EPOCHS = 6  # the fault-tolerance runs: long enough to fail and resume mid-run, short enough to run often
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, train_synth, tmp_path_factory):
+    """An uninterrupted run of the fault-tolerance tests' length: what a resumed run must end exactly like."""
+    from skinscan.training import run
+
+    return run(_cfg(tmp_path_factory.mktemp("reference"), train_synth, epochs=RESUME_EPOCHS))
+
+
 def test_two_workers_learn_synthetic_data(trained):
     card = json.loads((trained / "model_card.json").read_text())
     assert card["validation_metrics"]["accuracy"] >= 0.9, card["validation_metrics"]
@@ -95,24 +106,24 @@ def test_bundle_loads_predicts_and_rejects_tampering(trained, tmp_path):
         load_bundle(bad)
 
 
-def test_resume_after_failure_selects_same_best(ray_local, train_synth, tmp_path, monkeypatch, trained):
+def test_resume_after_failure_selects_same_best(ray_local, train_synth, tmp_path, monkeypatch, reference):
     from skinscan.training import run
     from skinscan.training.loop import FAIL_ENV
 
     marker = tmp_path / "failed.marker"
     monkeypatch.setenv(FAIL_ENV, f"2:{marker}")
-    bundle = run(_cfg(tmp_path, train_synth, max_failures=1))
+    bundle = run(_cfg(tmp_path, train_synth, max_failures=1, epochs=RESUME_EPOCHS))
     assert marker.exists(), "the injected failure did not happen"
     history = json.loads((bundle / "history.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(20))
+    assert [h["epoch"] for h in history] == list(range(RESUME_EPOCHS))
     resumed = json.loads((bundle / "model_card.json").read_text())
-    straight = json.loads((trained / "model_card.json").read_text())
+    straight = json.loads((reference / "model_card.json").read_text())
     assert resumed["best_epoch"] == straight["best_epoch"]
     assert resumed["validation_metrics"]["balanced_accuracy"] == pytest.approx(
         straight["validation_metrics"]["balanced_accuracy"], abs=1e-9
     )
     m1, _ = load_bundle(bundle)
-    m2, _ = load_bundle(trained)
+    m2, _ = load_bundle(reference)
     x = torch.randn(2, 3, 64, 64)
     assert np.allclose(m1(x).detach().numpy(), m2(x).detach().numpy(), atol=1e-4)
 
@@ -193,7 +204,7 @@ def test_gradcam_energy_concentrates_in_the_lesion(trained, train_synth):
     assert rep["n"] == len(df) and rep["energy_in_lesion"] > rep["lesion_area"], rep
 
 
-def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(trained, train_synth, tmp_path):
+def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(reference, train_synth, tmp_path):
     """Ray Train's SIGINT handler exits from inside fit(): the CLI says so, exits 130 and names the run; a second
     command with `--resume` continues it from its last checkpoint and selects what an uninterrupted run selects."""
     import re
@@ -203,7 +214,7 @@ def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(trained, train_synth,
     import time
 
     args = [sys.executable, "-m", "skinscan.cli", "train", "--config", str(ROOT / "configs/train/tiny.yaml")]
-    for item in _overrides(tmp_path, train_synth):
+    for item in _overrides(tmp_path, train_synth, epochs=RESUME_EPOCHS):
         args += ["--set", item]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -233,9 +244,9 @@ def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(trained, train_synth,
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert re.search(r"resumed from checkpoint after epoch [1-9]", resumed.stdout + resumed.stderr)
     history = json.loads((tmp_path / "bundle" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(20))
+    assert [h["epoch"] for h in history] == list(range(RESUME_EPOCHS))
     card = json.loads((tmp_path / "bundle" / "model_card.json").read_text())
-    straight = json.loads((trained / "model_card.json").read_text())
+    straight = json.loads((reference / "model_card.json").read_text())
     assert card["ray_run"]["name"] == run_name and card["best_epoch"] == straight["best_epoch"]
     assert card["validation_metrics"]["balanced_accuracy"] == pytest.approx(
         straight["validation_metrics"]["balanced_accuracy"], abs=1e-9

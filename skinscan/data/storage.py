@@ -192,7 +192,8 @@ def list_files(
         ]
     root = path.rstrip("/") + "/"
     for name in names:
-        if not _keep(name, include_sidecars, include_masks, name[len(root) :] if name.startswith(root) else name):
+        relative = name[len(root) :] if name.startswith(root) else posixpath.basename(name)
+        if not _keep(name, include_sidecars, include_masks, relative):
             continue
         out.append(name if protocol in ("file", "local") else f"{protocol}://{name.lstrip('/')}")
     return sorted(out)

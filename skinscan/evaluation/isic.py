@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from skinscan.data.taxonomy import ISIC2019_OUTPUT_COLUMNS
+from skinscan.errors import SkinScanError
 
 
 def write_isic_files(
@@ -68,9 +69,20 @@ def official_score(truth_csv: Path, predictions_csv: Path, python: str | None = 
         except ImportError:
             return None
         python = sys.executable
-    run = subprocess.run([python, "-c", _SCORE, str(truth_csv), str(predictions_csv)], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}  # its own packages only
+    try:
+        run = subprocess.run(
+            [python, "-I", "-c", _SCORE, str(truth_csv), str(predictions_csv)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SkinScanError(f"official ISIC scorer ({python}, {SCORER_PYTHON_ENV}) did not run: {err}") from None
     if run.returncode != 0:
         if "No module named 'isic_challenge_scoring'" in run.stderr:
             return None
-        raise RuntimeError(f"official ISIC scorer ({python}) failed: {run.stderr.strip().splitlines()[-1:]}")
+        last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SkinScanError(f"official ISIC scorer ({python}) failed: {last}")
     return json.loads(run.stdout)

@@ -296,7 +296,7 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
         batch_size=cfg.rows_per_part,
         batch_format="numpy",
         num_cpus=WRITE_CPUS,
-        fn_kwargs={"output": cfg.output},
+        fn_kwargs={"output": cfg.output, "host": _output_host(cfg)},
         **remote,
     )
 
@@ -351,8 +351,20 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     _check_backend(cfg, ray_address)
     check_writable(cfg.output)
     units = plan_units(cfg.input, cfg.include_masks)
-    with OutputLease(cfg.output):  # one run at a time per output: a second is refused in one line
-        return _screen_held(cfg, ray_address, units)
+    with OutputLease(cfg.output) as lease:  # one run at a time per output: a second is refused in one line
+        summary = _screen_held(cfg, ray_address, units)
+    if lease.lost:
+        print(f"[screen] warning: another run took over {cfg.output} during this one; check its counts", flush=True)
+    return summary
+
+
+def _output_host(cfg: ScreenConfig) -> str | None:
+    """The machine whose disk a local output is on (the driver's); None for object stores and shared mounts."""
+    import socket
+
+    from skinscan.data import storage
+
+    return None if storage.is_remote(cfg.output) or cfg.output_shared else socket.gethostname()
 
 
 def _check_output_reachable(cfg: ScreenConfig) -> None:

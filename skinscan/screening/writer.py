@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from skinscan.data import storage
 from skinscan.data.listing import in_sorted, uri_keys
-from skinscan.screening.schema import SCHEMA
+from skinscan.errors import SkinScanError
+from skinscan.screening.schema import SCHEMA, SCHEMA_VERSION
 
 RESULTS_DIR = "results"  # Parquet parts live in OUTPUT/results/ (only Parquet there: pandas/polars/DuckDB read it)
 
@@ -60,35 +61,70 @@ def set_aside(output: str, part: str, reason: str) -> str:
     return name
 
 
-def _read_part(fs, part: str, columns: list[str] | None, filter_=None):
+UNREADABLE = (pa.ArrowInvalid, OSError)
+"""What reading a part that is empty, torn or corrupt raises (a bad footer: ArrowInvalid; a corrupt page: OSError)."""
+
+
+def _read_part(fs, part: str, columns: list[str] | None, filter_=None) -> pa.Table:
     """One part with the current schema: columns a part was written without (an older schema version) read as
-    null. Raises pa.ArrowInvalid for a part that is not readable Parquet."""
+    null. Raises `Unreadable` for a part that is not readable Parquet; a readable part whose columns do not fit the
+    schema is a one-line error naming it (its rows are not thrown away)."""
     import pyarrow.dataset as pads
 
-    return pads.dataset([part], schema=SCHEMA, format="parquet", filesystem=fs).to_table(
-        columns=columns, filter=filter_
-    )
+    try:
+        with fs.open(part, "rb") as f:
+            pq.read_metadata(f)  # the footer: empty and torn files fail here
+    except UNREADABLE as err:
+        raise Unreadable(str(err).splitlines()[0][:120] if str(err) else type(err).__name__) from None
+    try:
+        return pads.dataset([part], schema=SCHEMA, format="parquet", filesystem=fs).to_table(
+            columns=columns, filter=filter_
+        )
+    except OSError as err:  # a corrupt page (e.g. "Corrupt snappy compressed data")
+        raise Unreadable(str(err).splitlines()[0][:120]) from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:  # readable, but another schema
+        raise SkinScanError(f"{part}: its columns do not fit schema v{SCHEMA_VERSION}: {err}") from None
+
+
+class Unreadable(Exception):
+    """A part that cannot be read as Parquet."""
 
 
 def read_results(
-    output: str, columns: list[str] | None = None, uris: list[str] | None = None, aside: list[str] | None = None
+    output: str,
+    columns: list[str] | None = None,
+    uris: list[str] | None = None,
+    aside: list[str] | None = None,
 ) -> pa.Table:
     """Rows written so far: any subset of columns, and only the rows of `uris` when given (pushed down to the
     Parquet reader, so the other rows' images are never read). Parts of older schema versions read with the missing
-    columns null; an unreadable part is set aside (`set_aside`, its name appended to `aside`) instead of failing."""
+    columns null. An unreadable part is skipped with a warning, or, with `aside` (runs that hold the output's lease),
+    set aside (`set_aside`, its name appended to `aside`) so that its inputs are screened again."""
+    import sys
+
     import pyarrow.dataset as pads
 
     fs, _ = _fs(output)
+    parts = list_parts(output)
+    empty = SCHEMA.empty_table()
+    if not parts:
+        return empty.select(columns) if columns else empty
     filter_ = None if uris is None else pads.field("uri").isin(pa.array(list(uris), pa.string()))
+    try:  # one scan over every part (parallel reads); part by part only when one of them is unreadable
+        return pads.dataset(parts, schema=SCHEMA, format="parquet", filesystem=fs).to_table(
+            columns=columns, filter=filter_
+        )
+    except UNREADABLE:
+        pass
     tables = []
-    for part in list_parts(output):
+    for part in parts:
         try:
             tables.append(_read_part(fs, part, columns, filter_))
-        except pa.ArrowInvalid as err:
-            name = set_aside(output, part, str(err).splitlines()[0][:120])
-            if aside is not None:
-                aside.append(name)
-    empty = SCHEMA.empty_table()
+        except Unreadable as err:
+            if aside is None:
+                print(f"[screen] skipped unreadable part {part.rsplit('/', 1)[-1]} ({err})", file=sys.stderr)
+            else:
+                aside.append(set_aside(output, part, str(err)))
     return pa.concat_tables(tables) if tables else (empty.select(columns) if columns else empty)
 
 
@@ -117,9 +153,17 @@ def write_part(output: str, table: pa.Table) -> str:
     return name
 
 
-def write_batch(batch: dict, output: str) -> dict:
+def write_batch(batch: dict, output: str, host: str | None = None) -> dict:
     """Ray Data task at the end of the pipeline: the batch's rows -> one Parquet part; returns one row of counts
-    (all the driver receives)."""
+    (all the driver receives). `host`: a local output is written only on that machine (the driver's): a node the
+    autoscaler added later would write to its own disk, where nobody would find the rows."""
+    import socket
+
+    if host is not None and socket.gethostname() != host:
+        raise SkinScanError(
+            f"output {output} is a local path of {host}, but this write task runs on {socket.gethostname()}: "
+            "use an object-store output (or output_shared=true for a filesystem every node mounts)"
+        )
     table = to_table(batch)
     name = write_part(output, table)
     status = np.asarray(batch["status"])
@@ -168,8 +212,8 @@ def drop_rows(output: str, columns: list[str], drop) -> dict:
     for part in list_parts(output):
         try:
             t = _read_part(fs, part, ["uri", *columns])
-        except pa.ArrowInvalid as err:  # unreadable: set aside (its inputs are screened again)
-            set_aside(output, part, str(err).splitlines()[0][:120])
+        except Unreadable as err:  # set aside (its inputs are screened again)
+            set_aside(output, part, str(err))
             continue
         gone = np.asarray(drop(t), bool)
         if not gone.any():
