@@ -3,9 +3,10 @@
 Two runs into one output would both take the same inputs as "to do" and, with different part sizes, write them
 twice. A second run is refused in one line naming the holder (OUTPUT/_lease.json records it).
 
-- Local outputs (and shared filesystems that support it): an exclusive `flock` on OUTPUT/.lease.lock, held open
-  for the run. The kernel drops it when the holder dies (SIGKILL included), so there is nothing to expire and no
-  window in which two runs both hold it.
+- Local outputs: an exclusive `flock` on OUTPUT/.lease.lock, held open for the run. The kernel drops it when the
+  holder dies (SIGKILL included), so there is nothing to expire and no window in which two runs both hold it. On a
+  shared mount (`output_shared`) it excludes runs across machines only where the filesystem forwards flock (NFSv4
+  usually does; gcsfuse, s3fs-fuse and NFS mounted with local_lock do not): there, run one driver at a time.
 - Object stores have no locks: the lease is OUTPUT/_lease.json, renewed every `renew_s`, expired `ttl_s` after its
   last renewal (at once when its holder was a process on this host that is gone). It is written, then read back,
   and the run proceeds only if it reads its own id; a renewal that finds another run's id marks the lease `lost`
@@ -23,7 +24,7 @@ import time
 import uuid
 
 from skinscan.data import storage
-from skinscan.errors import SkinScanError
+from skinscan.errors import ConfigError, SkinScanError
 
 LEASE = "_lease.json"
 LOCK = ".lease.lock"
@@ -102,17 +103,39 @@ class OutputLease:
         from pathlib import Path
 
         folder = Path(self.uri.removeprefix("file://")).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ConfigError(f"output {self.output}: cannot write there ({err.strerror or err})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            self._refuse(_read(self.uri))
+            try:
+                holder = _read(self.uri)
+            except OSError:
+                holder = None
+            self._refuse(holder)
+        except OSError as err:  # a filesystem without locks (some NFS and FUSE mounts)
+            os.close(fd)
+            raise ConfigError(
+                f"output {self.output}: cannot lock it ({err.strerror or err}); use another output"
+            ) from None
         self._fd = fd
-        storage.write_bytes(self.uri, self._record())  # who holds it, for the refusal's message
+        try:
+            storage.write_bytes(self.uri, self._record())  # who holds it, for the refusal's message
+        except BaseException:
+            self.release()
+            raise
 
     def _acquire_remote(self) -> None:
+        try:
+            self._claim_remote()
+        except OSError as err:  # the first touch of the bucket: credentials, a missing bucket, a refusal
+            raise ConfigError(f"output {self.output}: cannot write there ({err})") from None
+
+    def _claim_remote(self) -> None:
         holder = _read(self.uri)
         if holder is not None and _alive(holder, self.ttl_s):
             self._refuse(holder)
@@ -149,6 +172,10 @@ class OutputLease:
 
                     fs, path = fsspec.core.url_to_fs(self.uri)
                     fs.rm(path)
+            except OSError as err:  # best effort: never hides the run's own result or error
+                import sys
+
+                print(f"[screen] warning: could not remove the lease {self.uri} ({err})", file=sys.stderr)
             finally:
                 if self._fd is not None:
                     os.close(self._fd)  # closing drops the flock

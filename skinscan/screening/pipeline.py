@@ -352,7 +352,15 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     check_writable(cfg.output)
     units = plan_units(cfg.input, cfg.include_masks)
     with OutputLease(cfg.output) as lease:  # one run at a time per output: a second is refused in one line
-        summary = _screen_held(cfg, ray_address, units)
+        try:
+            summary = _screen_held(cfg, ray_address, units)
+        except Exception as err:  # a refusal raised inside a Ray task (write host, part schema): its one line
+            cause, seen = err, 0
+            while cause is not None and seen < 8:  # Ray's task errors and Ray Data's wrappers, down to ours
+                if isinstance(cause, SkinScanError) and type(cause).__module__.startswith("skinscan"):
+                    raise SkinScanError(str(cause).strip().splitlines()[-1]) from None
+                cause, seen = getattr(cause, "cause", None) or cause.__cause__, seen + 1
+            raise
     if lease.lost:
         print(f"[screen] warning: another run took over {cfg.output} during this one; check its counts", flush=True)
     return summary

@@ -56,13 +56,27 @@ def set_aside(output: str, part: str, reason: str) -> str:
     name = part.rsplit("/", 1)[-1]
     dest_fs, dest_root = fsspec.core.url_to_fs(output.rstrip("/") + "/" + SET_ASIDE_DIR)
     dest_fs.makedirs(dest_root, exist_ok=True)
-    dest_fs.mv(part, f"{dest_root.rstrip('/')}/{name}.{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        dest_fs.mv(part, f"{dest_root.rstrip('/')}/{name}.{time.strftime('%Y%m%dT%H%M%S')}")
+    except FileNotFoundError:  # already moved (another reader of this run, a retried task)
+        return name
     print(f"[screen] set aside unreadable part {name} ({reason}); its inputs will be screened again", file=sys.stderr)
     return name
 
 
-UNREADABLE = (pa.ArrowInvalid, OSError)
-"""What reading a part that is empty, torn or corrupt raises (a bad footer: ArrowInvalid; a corrupt page: OSError)."""
+def _unreadable(err: BaseException) -> bool:
+    """Whether a read failed on the part's bytes (empty, torn, corrupt) rather than on the way to them: a bad footer
+    is ArrowInvalid, a corrupt page an OSError without errno; a lost connection, a timeout, a missing file or a
+    refused permission is none of these, and propagates (the part is good; the run fails and is rerun)."""
+    if isinstance(err, pa.ArrowInvalid):
+        return True
+    transient = (ConnectionError, TimeoutError, FileNotFoundError, PermissionError)
+    return isinstance(err, OSError) and err.errno is None and not isinstance(err, transient)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).splitlines()
+    return lines[0][:120] if lines else type(err).__name__
 
 
 def _read_part(fs, part: str, columns: list[str] | None, filter_=None) -> pa.Table:
@@ -74,16 +88,20 @@ def _read_part(fs, part: str, columns: list[str] | None, filter_=None) -> pa.Tab
     try:
         with fs.open(part, "rb") as f:
             pq.read_metadata(f)  # the footer: empty and torn files fail here
-    except UNREADABLE as err:
-        raise Unreadable(str(err).splitlines()[0][:120] if str(err) else type(err).__name__) from None
+    except Exception as err:
+        if _unreadable(err):
+            raise Unreadable(_first_line(err)) from None
+        raise
     try:
         return pads.dataset([part], schema=SCHEMA, format="parquet", filesystem=fs).to_table(
             columns=columns, filter=filter_
         )
     except OSError as err:  # a corrupt page (e.g. "Corrupt snappy compressed data")
-        raise Unreadable(str(err).splitlines()[0][:120]) from None
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:  # readable, but another schema
-        raise SkinScanError(f"{part}: its columns do not fit schema v{SCHEMA_VERSION}: {err}") from None
+        if _unreadable(err):
+            raise Unreadable(_first_line(err)) from None
+        raise
+    except pa.ArrowException as err:  # the footer was read: readable, but of another schema
+        raise SkinScanError(f"{part}: its columns do not fit schema v{SCHEMA_VERSION}: {_first_line(err)}") from None
 
 
 class Unreadable(Exception):
@@ -114,7 +132,7 @@ def read_results(
         return pads.dataset(parts, schema=SCHEMA, format="parquet", filesystem=fs).to_table(
             columns=columns, filter=filter_
         )
-    except UNREADABLE:
+    except (pa.ArrowException, OSError):  # find the part, below
         pass
     tables = []
     for part in parts:
@@ -218,8 +236,13 @@ def drop_rows(output: str, columns: list[str], drop) -> dict:
         gone = np.asarray(drop(t), bool)
         if not gone.any():
             continue
+        try:
+            whole = _read_part(fs, part, None)
+        except Unreadable as err:  # a corrupt page in a column the narrow read skipped
+            set_aside(output, part, str(err))
+            continue
         examples += [u for u, g in zip(t.column("uri").to_pylist(), gone) if g][: 3 - len(examples)]
-        kept = _read_part(fs, part, None).filter(pa.array(~gone))
+        kept = whole.filter(pa.array(~gone))
         if kept.num_rows:
             write_part(output, kept)
         fs.rm(part)
