@@ -108,26 +108,44 @@ def _cfg(model, seg, inp, out, **kw) -> ScreenConfig:
     return validate(ScreenConfig, base)
 
 
-@pytest.mark.parametrize("kind", ["folder", "zip", "tar"])
-def test_mixed_archive_one_row_per_input(kind, mixed, screen_bundles, ray_local, tmp_path):
+def test_mixed_archives_one_row_per_input(mixed, screen_bundles, ray_local, tmp_path):
+    """The same mixed files as a folder, a zip and a tar.gz: each listed in full, then all screened in one run
+    (a manifest of the three listings): one row per input, the same rows whatever held the bytes."""
+    from skinscan.data.listing import list_all
+
     files, n_real = mixed
     if n_real == 0:
         pytest.skip("real images from ../shared/data not found; the synthetic + corrupt part runs in other tests")
-    inp = _pack(files, kind, tmp_path)
-    summary = screen(_cfg(*screen_bundles, inp, tmp_path / "out"))
-    t = read_results(str(tmp_path / "out")).to_pandas()
-    assert len(t) == len(files) == summary["rows"] and summary["complete"] and t["uri"].is_unique
-    t["name"] = t["uri"].str.replace(r"::.*$", "", regex=True).str.rsplit("/", n=1).str[-1]
-    errors = t[t["status"] == "error"].set_index("name")["error_type"].to_dict()
-    assert errors == EXPECTED_ERRORS
-    ok = t[t["status"] == "ok"]
-    assert len(ok) == 16 + n_real
-    assert ok["predicted_class"].notna().all() and ok["sha256"].str.len().eq(64).all()
-    assert ok["heatmap_png"].notna().all() and ok["mask_png"].notna().all() and ok["lesion_area"].between(0, 1).all()
-    assert ok["node_id"].str.len().gt(0).all() and ok["actor_id"].str.len().gt(0).all()  # who screened each row
-    probs = ok[[c for c in ok.columns if c.startswith("prob_")]].sum(axis=1, min_count=1)
-    assert np.allclose(probs, 1.0, atol=1e-4)
-    assert (t.loc[t["status"] == "error", "error_message"].str.len() > 0).all()
+    listings = {}
+    for kind in ("folder", "zip", "tar"):
+        (tmp_path / kind).mkdir()
+        listing = list_all(_pack(files, kind, tmp_path / kind)).to_pandas()
+        assert len(listing) == len(files), kind  # every file of the archive or folder, once
+        listings[kind] = listing.assign(kind=kind)
+    manifest = pd.concat(listings.values(), ignore_index=True)
+    manifest[["image_id", "uri"]].to_csv(tmp_path / "inputs.csv", index=False)
+    summary = screen(_cfg(*screen_bundles, str(tmp_path / "inputs.csv"), tmp_path / "out"))
+    everything = read_results(str(tmp_path / "out")).to_pandas().merge(manifest[["uri", "kind"]], on="uri")
+    assert len(everything) == 3 * len(files) == summary["rows"] and summary["complete"]
+    assert everything["uri"].is_unique
+    for kind, t in everything.groupby("kind"):
+        t = t.copy()
+        t["name"] = t["uri"].str.replace(r"::.*$", "", regex=True).str.rsplit("/", n=1).str[-1]
+        errors = t[t["status"] == "error"].set_index("name")["error_type"].to_dict()
+        assert errors == EXPECTED_ERRORS, kind
+        ok = t[t["status"] == "ok"]
+        assert len(ok) == 16 + n_real, kind
+        assert ok["predicted_class"].notna().all() and ok["sha256"].str.len().eq(64).all()
+        assert ok["heatmap_png"].notna().all() and ok["mask_png"].notna().all()
+        assert ok["lesion_area"].between(0, 1).all()
+        assert ok["node_id"].str.len().gt(0).all() and ok["actor_id"].str.len().gt(0).all()  # who screened it
+        probs = ok[[c for c in ok.columns if c.startswith("prob_")]].sum(axis=1, min_count=1)
+        assert np.allclose(probs, 1.0, atol=1e-4)
+        assert (t.loc[t["status"] == "error", "error_message"].str.len() > 0).all()
+    by_name = everything[everything["status"] == "ok"].assign(
+        name=lambda d: d["uri"].str.replace(r"::.*$", "", regex=True).str.rsplit("/", n=1).str[-1]
+    )
+    assert (by_name.groupby("name")["sha256"].nunique() == 1).all()  # the same bytes whatever held them
 
 
 def test_output_readable_by_pandas_polars_duckdb(screen_bundles, ray_local, tmp_path, synth_zip):
