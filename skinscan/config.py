@@ -242,6 +242,10 @@ class CalibrateConfig(Section):
 
 
 # ---------------------------------------------------------------- screening
+PRECISIONS = ("fp32", "fp16", "bf16")
+EXPORTED_PRECISIONS = {"onnxruntime": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16")}
+"""What each exported backend can run: its fp32 export, or the fp16 one (`skinscan convert --fp16`); torch runs any."""
+
 ExplainMethod = Literal["fast", "gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam", "layercam", "attention"]
 """Explanation method names, one vocabulary for the CLI, configs and Parquet rows (`skinscan.explain.registry`)."""
 
@@ -286,6 +290,21 @@ class ScreenConfig(Section):
     output: str = "runs/screen"
     output_shared: bool = False  # a local output that every node of the cluster mounts (NFS): allowed on many machines
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
+    # numeric precision of the model stages: torch runs any (fp16 as bf16 on a CPU); onnxruntime and tensorrt load
+    # the export of that precision (`skinscan convert --fp16` builds the fp16 one)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile the model in each actor (torch backend; an engine is compiled already)
+
+    @model_validator(mode="after")
+    def _precision_runs_on_the_backend(self) -> ScreenConfig:
+        allowed = EXPORTED_PRECISIONS.get(self.backend)
+        if allowed is not None and self.precision not in allowed:
+            raise ValueError(
+                f"precision {self.precision}: backend {self.backend} runs {' or '.join(allowed)} exports; "
+                "use backend torch for bf16"
+            )
+        return self
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     explain: Literal["all", "flagged", "none"] = "flagged"
     explain_method: ExplainMethod = "fast"  # fast: forward-only CAM from engine outputs

@@ -100,3 +100,24 @@ def test_convert_cli_errors_are_one_line(tmp_path):
         [sys.executable, "-m", "skinscan.cli", "convert", "--model", str(tmp_path)], capture_output=True, text=True
     )
     assert out.returncode == 2 and "not a model bundle" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_screening_in_bf16_on_the_torch_backend_agrees_with_fp32(tiny_bundles, synth_zip):
+    """`precision: bf16` (torch backend, CPU): the classify stage runs the model in bfloat16, with probabilities
+    within bf16's resolution of the fp32 ones."""
+    from skinscan.data.listing import list_all
+    from skinscan.screening.stages import ClassifyStage, decode_batch
+
+    uris = list_all(f"zip://images::{synth_zip}").column("uri").to_pylist()[:24]
+    batch = decode_batch({"uri": np.array(uris, object), "image_id": np.array(uris, object)}, 64, 0, 10**8)
+    probs = {}
+    for precision in ("fp32", "bf16"):
+        stage = ClassifyStage(
+            str(tiny_bundles["swin"]), backend="torch", explain="none", threads=1, thumbnails="none",
+            precision=precision,
+        )  # fmt: skip
+        assert str(stage.predictor.dtype) == {"fp32": "torch.float32", "bf16": "torch.bfloat16"}[precision]
+        out = stage(dict(batch))
+        probs[precision] = np.stack([out[f"prob_{c}"] for c in ("MEL", "NV", "BCC", "BKL")], 1)
+    assert np.abs(probs["bf16"] - probs["fp32"]).max() < 0.03
+    assert (probs["bf16"].argmax(1) == probs["fp32"].argmax(1)).mean() >= 0.9

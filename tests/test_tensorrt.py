@@ -85,3 +85,52 @@ def test_tensorrt_back_to_back_batches_equal_one_at_a_time(engine_bundle):
     for x, got in zip(batches, together):
         single = np.concatenate([pred.predict(x[i : i + 1]).logits for i in range(len(x))])
         np.testing.assert_allclose(got, single, atol=1e-4)
+
+
+def test_a_tensorrt_backend_asked_for_fp16_loads_the_fp16_engine(tmp_path, monkeypatch):
+    """`precision: fp16` (gpu_cluster.yaml) looks up the `tensorrt_fp16` export, and a missing one is one line
+    naming the command that builds it (a fake runner stands in for TensorRT, which is not installed here)."""
+    from conftest import make_bundle
+
+    from skinscan.errors import BundleError
+    from skinscan.models.bundle import ExportRecord, file_sha256, record_export
+    from skinscan.runtime import create_predictor
+    from skinscan.runtime import tensorrt as trt_runtime
+
+    loaded = []
+
+    class FakeRunner:
+        def __init__(self, path):
+            loaded.append(Path(path).name)
+
+        def __call__(self, *inputs):
+            import torch
+
+            return [torch.zeros(len(inputs[0]), 4)]
+
+    monkeypatch.setattr(trt_runtime, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_runtime, "TensorRTRunner", FakeRunner)
+    bundle = make_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match=r"no tensorrt_fp16 export; make it with `skinscan convert .* --fp16"):
+        create_predictor(bundle, "tensorrt", precision="fp16")
+    for key, name in (("tensorrt", "model.engine"), ("tensorrt_fp16", "model.fp16.engine")):
+        (bundle / name).write_bytes(name.encode())
+        record_export(bundle, key, ExportRecord(file=name, sha256=file_sha256(bundle / name)))
+    create_predictor(bundle, "tensorrt", with_features=False, precision="fp16").predict(np.zeros((2, 3, 64, 64)))
+    create_predictor(bundle, "tensorrt", with_features=False)
+    assert loaded == ["model.fp16.engine", "model.engine"]
+
+
+def test_a_precision_a_backend_cannot_run_is_one_line():
+    from pydantic import ValidationError
+
+    from skinscan.config import ScreenConfig
+    from skinscan.errors import ConfigError
+    from skinscan.runtime import create_predictor
+
+    for backend in ("onnxruntime", "tensorrt"):
+        with pytest.raises(ValidationError, match=f"precision bf16: backend {backend} runs fp32 or fp16"):
+            ScreenConfig(backend=backend, precision="bf16")
+        with pytest.raises(ConfigError, match=f"backend {backend} runs fp32 or fp16 exports, not bf16"):
+            create_predictor("unused", backend, precision="bf16")
+    ScreenConfig(backend="torch", precision="bf16", compile=True)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from skinscan.config import EXPORTED_PRECISIONS, PRECISIONS
 from skinscan.errors import ConfigError
 from skinscan.models.bundle import ModelCard, checked_file, read_card
 
@@ -62,7 +63,7 @@ class TorchPredictor:
         bundle: str | Path,
         with_features: bool = True,
         device: str = "auto",
-        fp16: bool = False,
+        precision: str = "fp32",
         compile: bool = False,
         threads: int | None = None,
     ):
@@ -79,9 +80,9 @@ class TorchPredictor:
         model, self.card = load_bundle(bundle, self.device)
         if self.card.task == "classify" and with_features:
             model = LogitsAndFeatures(model).eval()
-        self.dtype = (
-            torch.float16 if fp16 and self.device.type == "cuda" else (torch.bfloat16 if fp16 else torch.float32)
-        )
+        # fp16 runs as bf16 on a CPU (no fp16 kernels there); bf16 and fp32 run as asked
+        half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.dtype = {"fp32": torch.float32, "fp16": half, "bf16": torch.bfloat16}[precision]
         model = model.to(self.dtype)
         self.model = torch.compile(model) if compile else model
         self.torch = torch
@@ -166,6 +167,15 @@ class TensorRTPredictor:
         return Prediction([o.float().cpu().numpy() for o in outs[: self.n_out]])
 
 
+def check_precision(backend: str, precision: str) -> None:
+    """One line for a precision a backend cannot run (before any actor starts)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: must be one of {list(PRECISIONS)}")
+    allowed = EXPORTED_PRECISIONS.get(backend)
+    if allowed is not None and precision not in allowed:
+        raise ConfigError(f"backend {backend} runs {' or '.join(allowed)} exports, not {precision}; use backend torch")
+
+
 def create_predictor(
     bundle: str | Path,
     backend: str = "onnxruntime",
@@ -174,13 +184,18 @@ def create_predictor(
     fp16: bool = False,
     threads: int | None = None,
     compile: bool = False,
+    precision: str | None = None,
 ) -> Predictor:
-    """The predictor for `backend` over a model bundle. The runtime never exports: ONNX files and TensorRT engines
-    come from `conversion/` (`skinscan convert`), and a missing one is a one-line error naming that command."""
+    """The predictor for `backend` over a model bundle, at `precision` (fp32, fp16, bf16; `fp16=True` is fp16).
+    The runtime never exports: ONNX files and TensorRT engines come from `conversion/` (`skinscan convert`), one per
+    precision, and a missing one is a one-line error naming the command that builds it. `compile` is torch.compile
+    for the torch backend (an engine is compiled already)."""
+    precision = precision or ("fp16" if fp16 else "fp32")
+    check_precision(backend, precision)
     if backend == "torch":
-        return TorchPredictor(bundle, with_features, device, fp16, compile, threads)
+        return TorchPredictor(bundle, with_features, device, precision, compile, threads)
     if backend == "onnxruntime":
-        return OnnxPredictor(bundle, with_features, device, fp16, threads)
+        return OnnxPredictor(bundle, with_features, device, precision == "fp16", threads)
     if backend == "tensorrt":
-        return TensorRTPredictor(bundle, with_features, device, fp16)
+        return TensorRTPredictor(bundle, with_features, device, precision == "fp16")
     raise ConfigError(f"backend {backend!r}: must be one of {list(BACKENDS)}")

@@ -70,6 +70,7 @@ def maker(cfg: ScreenConfig) -> dict:
         "temperature": card.temperature,
         "crop_to_lesion": cfg.crop_to_lesion,
         "thumbnails": cfg.thumbnails,
+        **({"precision": cfg.precision} if cfg.precision != "fp32" else {}),  # fp32 outputs made before match
     }
 
 

@@ -64,7 +64,7 @@ def _prepare_onnx(cfg: ScreenConfig) -> None:
     from conversion.onnx_export import ensure_onnx
 
     for bundle in filter(None, [cfg.model, cfg.segmenter]):
-        ensure_onnx(bundle)
+        ensure_onnx(bundle, fp16=cfg.precision == "fp16")
 
 
 def count_results(output: str, input_keys: np.ndarray | None = None) -> dict:
@@ -258,6 +258,8 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
                 "bundle": cfg.segmenter,
                 "backend": cfg.backend,
                 "device": cfg.device,
+                "precision": cfg.precision,
+                "compile": cfg.compile,
                 "threads": cfg.segment.threads,
                 "crop_to_lesion": cfg.crop_to_lesion,
             },
@@ -270,6 +272,8 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
             "bundle": cfg.model,
             "backend": cfg.backend,
             "device": cfg.device,
+            "precision": cfg.precision,
+            "compile": cfg.compile,
             "threads": cfg.classify.threads,
             "explain": cfg.explain,
             "method": cfg.explain_method,

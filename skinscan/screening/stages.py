@@ -228,10 +228,14 @@ class SegmentStage:
         device: str = "auto",
         threads: int = 1,
         crop_to_lesion: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
     ):
         from skinscan.runtime import create_predictor
 
-        self.predictor = create_predictor(bundle, backend, with_features=False, device=device, threads=threads)
+        self.predictor = create_predictor(
+            bundle, backend, with_features=False, device=device, threads=threads, precision=precision, compile=compile
+        )
         self.card = self.predictor.card
         self.size = self.card.input_size
         self.crop = crop_to_lesion
@@ -302,6 +306,8 @@ class ClassifyStage:
         threshold: float | None = None,
         thumbnails: str = "flagged",
         explain_here: bool = True,
+        precision: str = "fp32",
+        compile: bool = False,
     ):
         import torch
 
@@ -317,7 +323,15 @@ class ClassifyStage:
         # else goes on to the explainer pool with the images (`ExplainStage`), so no model copy lives here
         self.here = explain != "none" and explain_here and get_method(method).needs == "features"
         self.defer = explain != "none" and not self.here
-        self.predictor = create_predictor(bundle, backend, with_features=self.here, device=device, threads=threads)
+        self.predictor = create_predictor(
+            bundle,
+            backend,
+            with_features=self.here,
+            device=device,
+            threads=threads,
+            precision=precision,
+            compile=compile,
+        )
         self.card = self.predictor.card
         self.classes = self.card.class_names
         self.size = self.card.input_size
