@@ -63,7 +63,9 @@ case "${1:-}" in
     # this cluster's processes only (by the mark in their environment); other Ray instances are untouched
     pids=$(cluster_pids)
     [ -n "$pids" ] && kill -TERM $pids 2>/dev/null || true
-    for _ in $(seq 1 20); do [ -n "$(cluster_pids)" ] || break; sleep 0.5; done
+    # workers and agents exit within ~2 s of SIGTERM; the GCS, raylets and dashboard wait ~10 s on each other,
+    # and a local cluster has nothing they would save: after 3 s they are killed
+    for _ in $(seq 1 12); do [ -n "$(cluster_pids)" ] || break; sleep 0.25; done
     pids=$(cluster_pids)
     [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
     for _ in $(seq 1 10); do [ -n "$(cluster_pids)" ] || break; sleep 0.2; done

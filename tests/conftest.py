@@ -84,7 +84,7 @@ def demo_checkout(tmp_path_factory, ray_local) -> tuple[Path, dict]:
     repo = tmp_path_factory.mktemp("checkout")
     for folder in ("configs", "cluster"):
         shutil.copytree(ROOT / folder, repo / folder)
-    result = run(str(repo / "runs" / "demo"), n_images=120, epochs=3, seg_epochs=2, progress=False)
+    result = run(str(repo / "runs" / "demo"), n_images=120, epochs=1, seg_epochs=1, progress=False)
     return repo, result
 
 
@@ -178,6 +178,8 @@ def _seaweed(tmp_path_factory):
             f"-filer.port={fport}",
             f"-dir={data}",
             "-master.volumeSizeLimitMB=64",
+            "-s3.port.iceberg=0",  # services on fixed default ports: two sessions (pytest-xdist) would collide
+            "-s3.port.lance=0",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -281,3 +283,46 @@ def pytest_sessionfinish(session, exitstatus):
     if new:
         print(f"\nthe test run changed the working tree: {new}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What each shipped config's test did with it (tests/test_shipped_configs.py), read from the test reports so
+    that runs split over pytest-xdist workers list them too."""
+    lines = sorted(
+        value
+        for report in terminalreporter.stats.get("passed", [])
+        for key, value in getattr(report, "user_properties", ())
+        if key == "shipped_config"
+    )
+    if lines:
+        terminalreporter.write_sep("-", f"shipped configs ({len(lines)})")
+        for line in lines:
+            terminalreporter.write_line(f"  {line}")
+
+
+SHARE_THE_DEMO = ("test_demo.py", "test_readme.py", "test_shipped_configs.py")
+"""Files whose tests read the demo's outputs (`demo_checkout`): one pytest-xdist worker runs them, so the demo runs
+once per test run."""
+
+LONGEST_FIRST = ("test_training.py", "test_demo.py", "test_screening.py", "test_robustness.py", "test_multinode.py")
+"""Files that take a minute or more: started first, so that no worker starts one while the other is finishing."""
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file stays
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) where it is not loaded
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's `--dist loadfile`, with the files that share the demo as one unit and the files in the order
+    collected (longest first), not by their number of tests."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "demo" if Path(path).name in SHARE_THE_DEMO else path
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)

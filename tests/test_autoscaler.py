@@ -82,7 +82,7 @@ def fake_gpu_cluster(tmp_path_factory):
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.time() + 10
+            deadline = time.time() + 3  # as `cluster/local.sh stop`: Ray's core services wait ~10 s on SIGTERM
             while local_cluster_pids(temp_dir) and time.time() < deadline:
                 time.sleep(0.2)
 
