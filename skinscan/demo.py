@@ -44,12 +44,12 @@ def run(
     seg_epochs: int | None = None,
     progress: bool = True,
 ) -> dict:
-    import ray
 
     from conversion.convert import run as convert
     from skinscan.config import ConvertConfig
     from skinscan.data.synth import generate
     from skinscan.evaluation.classifier import evaluate
+    from skinscan.ray_connect import connect
     from skinscan.screening.pipeline import print_summary, screen
     from skinscan.screening.report import write_report
     from skinscan.training import run as train
@@ -74,8 +74,7 @@ def run(
         gt = generate(cfg, progress=progress)
         print(f"{len(gt)} synthetic images with masks -> {source}")
     times["data"] = time.time() - t
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=True)
+    connect(None, 30, log_to_driver=True)  # RAY_ADDRESS, or a Ray of its own
 
     t = _step(2, total, "train the tiny Swin classifier with Ray Train (2 CPU workers)")
     over = [f"data.source={source}", f"output={work / 'classifier'}", f"storage_path={work / 'ray'}"]

@@ -84,8 +84,8 @@ def connect(address: str | None, timeout_s: float, log_to_driver: bool = False) 
                 f"cannot reach a Ray cluster at {target} within {timeout_s:g} s ({why}); is it running? "
                 "(`ray status` on its head node)"
             ) from None
-    with quiet_stderr():
-        ray.init(address=address, configure_logging=False, log_to_driver=log_to_driver)
+    with quiet_stderr():  # no address given: a Ray of our own ("local"), never the last `ray start` cluster here
+        ray.init(address=target or "local", configure_logging=False, log_to_driver=log_to_driver)
     if starts_local_ray(address):
         start_reaper()
     _quiet_ray_data_console()
@@ -94,6 +94,8 @@ def connect(address: str | None, timeout_s: float, log_to_driver: bool = False) 
 def _quiet_ray_data_console() -> None:
     """Ray Data's INFO/WARNING console lines (execution plans, progress-bar notices) stay in its log file."""
     import logging
+
+    import ray.data  # noqa: F401 - importing it configures its loggers: after this, not before, they are quieted
 
     for handler in logging.getLogger("ray.data").handlers + logging.getLogger("ray").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):

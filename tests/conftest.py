@@ -270,11 +270,14 @@ def _tree_status() -> set[str] | None:
 
 
 def pytest_sessionstart(session):
-    session.config._tree_before = _tree_status()
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without pytest-xdist)
+        session.config._tree_before = _tree_status()
 
 
 def pytest_sessionfinish(session, exitstatus):
     """A test run leaves the working tree as it found it: a file written outside temporary folders fails the run."""
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller checks, once
+        return
     before = getattr(session.config, "_tree_before", None)
     after = _tree_status()
     if before is None or after is None:
@@ -318,6 +321,9 @@ def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's `--dist loadfile`, with the files that share the demo as one unit and the files in the order
     collected (longest first), not by their number of tests."""
     from xdist.scheduler import LoadFileScheduling
+
+    if config.getvalue("dist") != "loadfile":  # another --dist on the command line: xdist's own
+        return None
 
     class Scheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:

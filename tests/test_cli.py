@@ -67,3 +67,20 @@ def test_submit_makes_config_paths_reachable_from_the_job(tmp_path, monkeypatch)
     with pytest.raises(SkinScanError, match="config key extra_data.0.source"):
         reachable_locations(train.model_copy(update={"output": "s3://b/m", "storage_path": "s3://b/r"}), "http://h:1")
     assert Path(reachable_locations(train, "http://localhost:8265").extra_data[0].source).is_absolute()
+
+
+def test_without_an_address_a_command_starts_its_own_ray(monkeypatch):
+    """No --address and no RAY_ADDRESS: a Ray of the command's own ("a local Ray", as --help says), never the
+    cluster a `ray start` on this machine last recorded (Ray's default for address=None would join that one)."""
+    import ray
+
+    from skinscan import ray_connect
+
+    seen: dict = {}
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(ray_connect, "start_reaper", lambda: seen.update(reaper=True))
+    monkeypatch.setattr(ray_connect, "_quiet_ray_data_console", lambda: None)  # leaves this process's loggers be
+    ray_connect.connect(None, 1)
+    assert seen["address"] == "local" and seen["reaper"]

@@ -95,7 +95,11 @@ def _head_specs(doc):
     return spec["headGroupSpec"], spec["workerGroupSpecs"]
 
 
-RAY_MANIFESTS = [p for p in sorted((CLUSTER / "kuberay").glob("*.yaml")) if "networkpolicy" not in p.name]
+RAY_MANIFESTS = [
+    p
+    for p in sorted((CLUSTER / "kuberay").glob("*.yaml"))
+    if yaml.safe_load(p.read_text())["apiVersion"] == "ray.io/v1"
+]
 CRDS = ROOT.parent / "shared" / "schemas" / "kuberay-v1.7.0"
 
 
@@ -173,6 +177,81 @@ def test_kuberay_manifests_validate_against_the_v1_7_crds(path):
     spec["authOptions"]["mdoe"] = "token"  # a misspelt field is refused, not ignored
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(broken)
+
+
+# what the documented node types leave for pods (EKS: capacity minus kube-reserved and eviction threshold)
+ALLOCATABLE = {"m5.xlarge": {"cpu": 3.92, "memory_gi": 14.3}, "g5.2xlarge": {"cpu": 7.91, "memory_gi": 29.6}}
+NODE_OF = {"head": "m5.xlarge", "worker": "g5.2xlarge"}  # as the manifests' headers state
+
+
+def _quantity(v, memory: bool = False) -> float:
+    """A Kubernetes quantity: CPUs, or GiB for memory (plain numbers are bytes there)."""
+    v = str(v)
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    for suffix, scale in units.items():
+        if v.endswith(suffix):
+            return float(v[: -len(suffix)]) * scale / 2**30
+    if v.endswith("m"):
+        return float(v[:-1]) / 1000
+    return float(v) / 2**30 if memory else float(v)
+
+
+@pytest.mark.parametrize("path", RAY_MANIFESTS, ids=lambda p: p.name)
+def test_pods_fit_the_documented_nodes(path):
+    """A pod that asks for the whole node (8 CPU / 32Gi on an 8-vCPU, 32 GiB node) stays Pending forever."""
+    doc = yaml.safe_load(path.read_text())
+    head, workers = _head_specs(doc)
+    text = path.read_text()
+    for role, groups in (("head", [head]), ("worker", workers)):
+        node = ALLOCATABLE[NODE_OF[role]]
+        assert NODE_OF[role] in text, f"{path.name} does not name the node type its {role} pods are sized for"
+        for group in groups:
+            for c in group["template"]["spec"]["containers"]:
+                res = c["resources"]
+                # a resource without a request is requested at its limit
+                asked = {k: res.get("requests", {}).get(k, res.get("limits", {}).get(k)) for k in ("cpu", "memory")}
+                assert _quantity(asked["cpu"]) <= node["cpu"]
+                assert _quantity(asked["memory"], memory=True) <= node["memory_gi"]
+                if role == "worker":  # Ray schedules by what it is told: no more CPUs than the pod has
+                    assert float(group["rayStartParams"]["num-cpus"]) <= _quantity(asked["cpu"])
+
+
+def test_every_service_account_a_manifest_names_is_shipped():
+    defined = {
+        d["metadata"]["name"]
+        for p in (CLUSTER / "kuberay").glob("*.yaml")
+        for d in yaml.safe_load_all(p.read_text())
+        if d and d["kind"] == "ServiceAccount"
+    }
+    for path in RAY_MANIFESTS:
+        head, workers = _head_specs(yaml.safe_load(path.read_text()))
+        for group in [head, *workers]:
+            assert group["template"]["spec"]["serviceAccountName"] in defined, path.name
+
+
+MIN_DRIVER = {12: 525, 13: 580}  # NVIDIA's minimum Linux driver for each CUDA major version
+
+
+def test_node_images_have_a_driver_for_the_locked_torch():
+    """torch's wheel is built for one CUDA major; a node driver older than that major's minimum cannot run it."""
+    lock = (ROOT / "constraints.txt").read_text()
+    torch_version = re.search(r"^torch==(\S+)", lock, re.M).group(1)
+    assert torch_version == "2.14.1", "a new torch: check which CUDA its wheels are built for, then update this test"
+    need = MIN_DRIVER[13]  # torch 2.14.1's default Linux wheels: CUDA 13.0
+    gcp = yaml.safe_load((CLUSTER / "gcp.yaml").read_text())
+    for name, t in gcp["available_node_types"].items():
+        for disk in t["node_config"]["disks"]:
+            family = disk["initializeParams"]["sourceImage"]
+            found = re.search(r"nvidia-(\d+)", family)
+            assert found and int(found.group(1)) >= need, f"gcp.yaml {name}: {family} has no driver >= {need}"
+        if "scheduling" in t["node_config"]:
+            assert isinstance(t["node_config"]["scheduling"], dict), "GCP's scheduling is a mapping, not a list"
+    aws = (CLUSTER / "aws.yaml").read_text()
+    assert all(
+        f"driver >= {need}" in line or "(>= " + str(need) in line for line in aws.splitlines() if "ImageId:" in line
+    )
+    for path in [*RAY_MANIFESTS, ROOT / "docs" / "cluster.md"]:
+        assert f"driver is >= {need}" in path.read_text() or f"driver >= {need}" in path.read_text(), path.name
 
 
 def test_dockerfile_pins_and_runs_as_non_root():

@@ -121,3 +121,15 @@ def test_screening_in_bf16_on_the_torch_backend_agrees_with_fp32(tiny_bundles, s
         probs[precision] = np.stack([out[f"prob_{c}"] for c in ("MEL", "NV", "BCC", "BKL")], 1)
     assert np.abs(probs["bf16"] - probs["fp32"]).max() < 0.03
     assert (probs["bf16"].argmax(1) == probs["fp32"].argmax(1)).mean() >= 0.9
+
+
+def test_onnxruntime_asked_for_cuda_without_its_provider_is_one_line(tiny_bundles, monkeypatch):
+    """On a GPU node with the CPU-only onnxruntime wheel, device cuda would silently run on the CPU: refused."""
+    import onnxruntime as ort
+
+    from skinscan.errors import ConfigError
+    from skinscan.runtime import create_predictor
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="runs on CPUExecutionProvider, not CUDA .* install onnxruntime-gpu"):
+        create_predictor(str(tiny_bundles["swin"]), "onnxruntime", device="cuda")

@@ -261,3 +261,22 @@ def test_evaluate_reports_each_source_and_each_external_set(overconfident_bundle
     md = (tmp_path / "ev" / "evaluation.md").read_text()
     assert "## By source" in md and "## External data sets" in md and "other_clinic (external)" in md
     assert (tmp_path / "ev" / "external-other_clinic" / "evaluation.json").exists()
+
+
+def test_calibrate_splits_are_an_allow_list_and_a_clinic_set_is_checked_for_leakage(overconfident_bundle, tmp_path):
+    """--split '' once meant the whole training manifest, test included; a clinic's own set must share no image,
+    content or lesion with what the model trained or validated on."""
+    from skinscan.config import CalibrateConfig
+    from skinscan.errors import ConfigError, DataError
+    from skinscan.evaluation.calibrate import run
+
+    bundle, manifest = overconfident_bundle
+    a = tmp_path / "a"
+    shutil.copytree(bundle, a)
+    pd.read_parquet(manifest).to_parquet(a / "train_manifest.parquet")  # trained on this very table
+    with pytest.raises(ConfigError, match="whole training manifest, test split included"):
+        run(CalibrateConfig(model=str(a), split=None))
+    with pytest.raises(ConfigError, match="validation only"):
+        run(CalibrateConfig(model=str(a), data=str(manifest), split="holdout"))
+    with pytest.raises(DataError, match="were in the model's training or validation split"):
+        run(CalibrateConfig(model=str(a), data=str(manifest), split=None))

@@ -1,263 +1,387 @@
-"""Where the driver stands in a screening run, and how rows/s change with the number of nodes.
+"""`skinscan bench scale`: the screening pipeline at millions of inputs on one machine, phase by phase.
 
-Driver: CPU seconds per 1,000 rows, its share of all CPU used, its peak RSS, for manifests of 20,000 and 200,000
-small synthetic JPEGs (members of one zip) screened by a tiny Swin with explain=all: the model is tiny so that the
-pipeline's own costs, not the model, dominate; that is where a driver on the row path shows. Each size runs in a
-fresh process, so one run's memory does not carry into the next.
+The real pipeline runs (listing, resume index, Ray Data, write tasks, counting, pruning, the report) with decode and
+classify replaced by stand-ins that sleep instead of reading and computing (`screening.standin`), so 2 cores can
+run 1,000,000 inputs and the figures are the cost of SkinScan and Ray themselves. Every phase is a fresh driver
+process joining one local Ray cluster; each is timed: wall, the driver's CPU and peak RSS, and the CPU of everything
+else on the machine (Ray's workers, raylet, GCS). The screen phase is SIGKILLed once half the inputs are written;
+`resume` is the same command again, `resume_noop` once more with nothing left.
 
-Nodes: rows/s on a loopback Ray cluster (`ray.cluster_utils.Cluster`, a head with 0 CPUs) with 1, 2 and 3 worker
-nodes of 2 logical CPUs each, and the CPU seconds each node's processes used. On a 2-core machine the nodes share
-two cores, so rows/s cannot grow: the figures show the cost of running multi-node, not its speed-up.
+Fleet (`skinscan bench fleet`): the same stand-in on a `ray.cluster_utils.Cluster` whose nodes declare logical GPUs, one
+classifier actor per GPU sleeping for an H200's time per batch (conversion/results/gpu_check_h200.json): rows/s
+achieved against the ideal (actors x per-actor rate) and the driver's share of one core. Simulated, and named so.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
-
-TINY = {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
-
-
-def small_archive(path: Path, n: int, size: int = 64) -> Path:
-    """`n` synthetic lesion JPEGs (16 distinct renders, re-encoded with noise), stored in a zip."""
-    from PIL import Image
-
-    from skinscan.data.synth import render
-
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    base = [render(c, size, np.random.default_rng(i))[0] for i, c in enumerate(["MEL", "NV", "BCC", "BKL"] * 4)]
-    rng = np.random.default_rng(0)
-    tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(n):
-            arr = np.clip(base[i % 16].astype(np.int16) + rng.integers(-4, 5, (size, size, 1)), 0, 255)
-            buf = io.BytesIO()
-            Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=90)
-            zf.writestr(f"images/IMG_{i:07d}.jpg", buf.getvalue())
-    tmp.rename(path)
-    return path
+PHASES = ("list", "screen", "resume", "resume_noop", "count", "prune", "report")
+ROWS_PER_PART = 4096
+BATCH = 512
 
 
 def manifest(work: Path, n: int) -> Path:
-    """A SkinScan manifest (Parquet: image_id, uri) of the `n` members of `scale_{n}.zip`."""
+    """A SkinScan manifest of `n` inputs (the stand-in never reads them, so they need not exist)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = work / f"scale_{n}.parquet"
+    path = work / f"manifest_{n}.parquet"
     if not path.exists():
-        archive = small_archive(work / f"scale_{n}.zip", n)
-        ids = [f"IMG_{i:07d}" for i in range(n)]
-        uris = [f"zip://images/{i}.jpg::{archive}" for i in ids]
-        pq.write_table(pa.table({"image_id": ids, "uri": uris}), path)
+        work.mkdir(parents=True, exist_ok=True)
+        ids = [f"IMG_{i:08d}" for i in range(n)]
+        pq.write_table(pa.table({"image_id": ids, "uri": [f"s3://archive/flat/{i}.jpg" for i in ids]}), path)
     return path
 
 
-def measure(run) -> dict:
-    """Run `run()`; return the driver process's CPU seconds, the whole machine's CPU seconds (user + system, all
-    cores, niced processes included) and the driver's peak RSS (the kernel's high-water mark for this process: no
-    sampling thread whose own CPU would count as the driver's)."""
+def _config(model: str, source: str, output: str, classify: dict | None = None) -> dict:
+    return {
+        "model": model,
+        "input": source,
+        "output": output,
+        "explain": "none",
+        "thumbnails": "none",
+        "progress": False,
+        "resume": True,
+        "decode": {"batch_size": BATCH, "num_cpus": 0.25},
+        "classify": {"batch_size": BATCH, "threads": 1, "num_cpus": 0.25, **(classify or {})},
+        "rows_per_part": ROWS_PER_PART,
+    }
+
+
+# ------------------------------------------------------------------ one phase, in a fresh driver process
+
+
+def _listing(cfg):
+    import ray
+
+    from skinscan.data.listing import plan_units
+    from skinscan.screening.pipeline import list_inputs
+
+    n, refs = list_inputs(cfg, plan_units(cfg.input, cfg.include_masks))
+    return n, refs, ray
+
+
+def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
+    """Run one phase here (a fresh process: its peak RSS is its own) and measure only the phase itself."""
     import resource
 
     import psutil
 
-    me = psutil.Process()
-    c0, m0, t0 = me.cpu_times(), psutil.cpu_times(), time.time()
-    result = run()
-    c1, m1 = me.cpu_times(), psutil.cpu_times()
-    busy = ("user", "nice", "system", "irq", "softirq")  # Ray runs its workers niced: their time is "nice"
-    return {
-        "result": result,
-        "driver_cpu_s": (c1.user - c0.user) + (c1.system - c0.system),
-        "all_cpu_s": sum(getattr(m1, k, 0.0) - getattr(m0, k, 0.0) for k in busy),
-        "wall_s": time.time() - t0,
-        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
-    }
-
-
-def _config(work: Path, source: Path, output: Path, classify_actors: int = 1):
-    from skinscan.bench.common import swin_t_bundle
     from skinscan.config import ScreenConfig, validate
+    from skinscan.ray_connect import connect
+    from skinscan.screening import pipeline
+    from skinscan.screening.standin import StandIn
 
-    tiny = swin_t_bundle(work / "tiny_swin_64", 64, kwargs=TINY)
-    return validate(
-        ScreenConfig,
-        {
-            "model": str(tiny),
-            "input": str(source),
-            "output": str(output),
-            "explain": "all",
-            "progress": False,
-            "decode": {"batch_size": 512, "num_cpus": 0.5},
-            "classify": {"batch_size": 512, "threads": 1, "num_cpus": 1, "actors": classify_actors},
-            "rows_per_part": 4096,
-        },
-    )
+    cfg = validate(ScreenConfig, json.loads(cfg_json))
+    stand_in = StandIn(**json.loads(stand_in_json))
+    result: dict = {}
+    connect(None, 30)  # every phase: joining Ray is outside the measured window (`screen` then finds it joined)
+    setup = None
+    if name in ("count", "prune"):
+        setup = _listing(cfg)
+    machine0, me0, t0 = psutil.cpu_times(), time.process_time(), time.time()
+    if name == "list":
+        result["inputs"] = _listing(cfg)[0]
+    elif name in ("screen", "resume", "resume_noop"):
+        s = pipeline.screen(cfg, stand_in=stand_in)
+        result.update(rows=s["this_run_rows"], complete=s["complete"], total_rows=s["rows"])
+    elif name in ("count", "prune"):
+        _, refs, ray = setup
+        task = pipeline._count_task if name == "count" else pipeline._prune_task
+        out = ray.get(pipeline._task(task, {}).remote(cfg.output, refs))
+        result.update({k: out[k] for k in ("rows", "complete", "duplicates", "missing") if k in out})
+    elif name == "report":
+        from skinscan.screening.report import write_report
 
-
-def driver_run(work: Path, n: int) -> dict:
-    """One size, in this (fresh) process: local Ray, the screening job over a manifest of `n` inputs."""
-    import shutil
-
-    import ray
-
-    from skinscan.screening.pipeline import screen
-
-    source = manifest(work, n)
-    output = work / "out_scale"
-    shutil.rmtree(output, ignore_errors=True)
-    cfg = _config(work, source, output)
-    ray.init(configure_logging=False, log_to_driver=False)
-    m = measure(lambda: screen(cfg))
-    rows = m["result"]["this_run_rows"]
+        result["report_bytes"] = Path(write_report(cfg.output)).stat().st_size
+    wall, me1, machine1 = time.time() - t0, time.process_time(), psutil.cpu_times()
+    busy = ("user", "nice", "system", "irq", "softirq")
+    machine = sum(getattr(machine1, k, 0.0) - getattr(machine0, k, 0.0) for k in busy)
     return {
-        "inputs": n,
-        "rows": rows,
-        "wall_s": round(m["wall_s"], 1),
-        "driver_cpu_s": round(m["driver_cpu_s"], 2),
-        "driver_cpu_s_per_1000_rows": round(1000 * m["driver_cpu_s"] / max(1, rows), 4),
-        "all_cpu_s": round(m["all_cpu_s"], 1),
-        "driver_share_of_all_cpu": round(m["driver_cpu_s"] / max(1e-9, m["all_cpu_s"]), 4),
-        "driver_peak_rss_mb": round(m["peak"] / 2**20),
-        "images_per_s": m["result"]["images_per_s"],
+        "wall_s": round(wall, 2),
+        "driver_cpu_s": round(me1 - me0, 2),
+        "driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "workers_cpu_s": round(max(0.0, machine - (me1 - me0)), 1),
+        **result,
     }
 
 
-def _node_cpu(cluster, nodes: list) -> dict[str, float]:
-    """CPU seconds used so far by each node's Ray processes (raylet, object store, workers), by node."""
-    import psutil
-    from ray.util.state import list_workers
-
-    pids: dict[str, set[int]] = {n.node_id: set() for n in nodes}
-    for w in list_workers(address=cluster.address, limit=10_000):
-        if w.node_id in pids and w.pid:
-            pids[w.node_id].add(w.pid)
-    for n in nodes:
-        for infos in n.all_processes.values():
-            pids[n.node_id].update(i.process.pid for i in infos)
-    out = {}
-    for node_id, ps in pids.items():
-        total = 0.0
-        for pid in ps:
-            try:
-                t = psutil.Process(pid).cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                pass
-        out[node_id] = total
-    return out
+# ------------------------------------------------------------------ the harness (the parent process)
 
 
-def nodes_run(work: Path, k: int, n: int) -> dict:
-    """Rows/s over `n` inputs on a loopback cluster of `k` worker nodes (2 logical CPUs each), and each node's CPU."""
-    import shutil
+def _child(env: dict, *args: str) -> subprocess.Popen:
+    """A phase in a fresh process; its output goes to files (a pipe nobody reads while polling would fill and
+    block it)."""
+    import tempfile
 
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from skinscan.screening.pipeline import screen
-
-    source = manifest(work, n)
-    output = work / f"out_nodes_{k}"
-    shutil.rmtree(output, ignore_errors=True)
-    cfg = _config(work, source, output, classify_actors=k)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=2) for _ in range(k)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
-    before = _node_cpu(cluster, nodes)
-    t0 = time.time()
-    s = screen(cfg)
-    wall = time.time() - t0
-    after = _node_cpu(cluster, nodes)
-    ray.shutdown()
-    cluster.shutdown()
-    return {
-        "worker_nodes": k,
-        "inputs": n,
-        "rows": s["this_run_rows"],
-        "wall_s": round(wall, 1),
-        "images_per_s": s["images_per_s"],
-        "cpu_s_per_node": [round(after[x.node_id] - before.get(x.node_id, 0.0), 1) for x in nodes],
-    }
-
-
-def loopback_env(work: Path) -> dict[str, str]:
-    """Environment for a Ray cluster on loopback: every node on 127.0.0.1 (Ray would give each this machine's
-    outward IP) and token authentication with a token of its own."""
-    import os
-
-    token = work / "loopback_token"
-    if not token.exists():
-        token.parent.mkdir(parents=True, exist_ok=True)
-        token.write_text(os.urandom(32).hex())
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    return {**env, "RAY_AUTH_TOKEN_PATH": str(token)}
-
-
-def _in_fresh_process(*args: str) -> dict:
-    out = subprocess.run(
+    out = tempfile.NamedTemporaryFile("w+", prefix="bench-scale-", suffix=".out", delete=False)
+    proc = subprocess.Popen(
         [sys.executable, "-m", "skinscan.bench.scale", *args],
-        capture_output=True,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
         text=True,
-        check=False,
-        env=loopback_env(Path(args[1])) if args[0] == "nodes" else None,
+        start_new_session=True,
     )
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"bench scale {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    proc.log = out.name  # type: ignore[attr-defined]
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> str:
+    text = Path(proc.log).read_text(errors="replace")  # type: ignore[attr-defined]
+    Path(proc.log).unlink(missing_ok=True)  # type: ignore[attr-defined]
+    return text
+
+
+def _result(proc: subprocess.Popen, what: str) -> dict:
+    proc.wait()
+    out = _output(proc)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench scale {what} failed:\n{out[-3000:]}")
     return json.loads(lines[-1])
 
 
-def _table(rows: list[dict]) -> None:
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+def _hwm_mb(pid: int) -> int:
+    """A live process's peak RSS (the kernel's VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return 0
+
+
+def _parts(output: str) -> int:
+    return len(list((Path(output) / "results").glob("part-*.parquet")))
+
+
+def _written(output: str) -> int:
+    """About the rows written so far: parts x ROWS_PER_PART (a write task's last part may be shorter)."""
+    return ROWS_PER_PART * _parts(output)
+
+
+def _killed_screen(env: dict, args: tuple, output: str, n: int) -> dict:
+    """The screen phase, SIGKILLed (driver only: Ray ends its job) once half the inputs are written."""
+    import psutil
+
+    machine0, t0 = psutil.cpu_times(), time.time()
+    proc = _child(env, *args)
+    me = psutil.Process(proc.pid)
+    cpu = rss = 0.0
+    while proc.poll() is None and _written(output) < n // 2:
+        t = me.cpu_times()
+        cpu, rss = t.user + t.system, _hwm_mb(proc.pid)
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise RuntimeError(f"screen ended before half its inputs were written:\n{_output(proc)[-3000:]}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _output(proc)
+    wall, machine1 = time.time() - t0, psutil.cpu_times()
+    seen, since = -1, time.time()  # the killed job's write tasks may still land parts: wait until none has for 3 s
+    while time.time() - since < 3:
+        now = _parts(output)
+        seen, since = now, (since if now == seen else time.time())
+        time.sleep(0.2)
+    busy = ("user", "nice", "system", "irq", "softirq")
+    machine = sum(getattr(machine1, k, 0.0) - getattr(machine0, k, 0.0) for k in busy)
+    return {
+        "wall_s": round(wall, 2),
+        "driver_cpu_s": round(cpu, 2),
+        "driver_rss_mb": round(rss),
+        "workers_cpu_s": round(max(0.0, machine - cpu), 1),
+        "killed_at_rows": _written(output),
+        "note": "driver process from start to SIGKILL (imports included)",
+    }
+
+
+def run_phases(env: dict, model: str, source: str, output: str, n: int, stand_in: dict) -> dict:
+    """Every phase of one size, in order, each in a fresh driver process."""
+    import shutil
+
+    shutil.rmtree(output, ignore_errors=True)
+    cfg = json.dumps(_config(model, source, output))
+    si = json.dumps(stand_in)
+    phases = {}
+    for name in PHASES:
+        args = ("phase", name, cfg, si)
+        if name == "screen":
+            phases[name] = _killed_screen(env, args, output, n)
+        else:
+            phases[name] = _result(_child(env, *args), name)
+        if name == "resume" and not phases[name]["complete"]:  # every input exactly once after the kill
+            raise RuntimeError(f"resume after the kill did not end complete: {phases[name]}")
+        print(f"[bench scale] {n:>9,} inputs  {name:<12} {json.dumps(phases[name])}", flush=True)
+    return {"inputs": n, "phases": phases}
+
+
+def _cluster_env(address: str) -> dict:
+    env = {**os.environ, "RAY_ADDRESS": address}
+    env.pop("RAY_AUTH_MODE", None)
+    return env
 
 
 def run(
     workdir: str = "runs/bench",
     out: str | None = None,
-    sizes: tuple[int, ...] = (20_000, 200_000),
-    nodes: tuple[int, ...] = (1, 2, 3),
-    node_inputs: int = 20_000,
+    sizes: tuple[int, ...] = (100_000, 1_000_000),
+    n: int | None = None,
+    decode_s_per_image: float = 0.0,
+    classify_s_per_batch: float = 0.0,
 ) -> dict:
+    """The phases at each size on a local Ray of this machine's cores; the JSON has one entry per size."""
+    from ray.cluster_utils import Cluster
+
+    from skinscan.bench.common import swin_t_bundle, write_json
+
+    work = Path(workdir).resolve() / "scale"
+    model = str(swin_t_bundle(work / "tiny_swin_64", 64, kwargs=TINY))  # read for its card only
+    stand_in = {"decode_s_per_image": decode_s_per_image, "classify_s_per_batch": classify_s_per_batch}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count() or 2})
+    try:
+        env = _cluster_env(cluster.address)
+        res = [
+            run_phases(env, model, str(manifest(work, k)), str(work / f"out_{k}"), k, stand_in)
+            for k in ((n,) if n else sizes)
+        ]
+    finally:
+        cluster.shutdown()
+    _growth(res)
+    write_json({"runs": res}, out)
+    return {"runs": res}
+
+
+def _growth(res: list[dict]) -> None:
+    if len(res) < 2:
+        return
+    a, b = res[0], res[-1]
+    print(f"growth from {a['inputs']:,} to {b['inputs']:,} inputs ({b['inputs'] / a['inputs']:.0f}x the work):")
+    for name in PHASES:
+        pa_, pb = a["phases"][name], b["phases"][name]
+        print(
+            f"  {name:<12} wall {pb['wall_s'] / max(1e-3, pa_['wall_s']):5.1f}x   driver CPU "
+            f"{pb['driver_cpu_s'] / max(1e-3, pa_['driver_cpu_s']):5.1f}x   driver RSS "
+            f"{pb['driver_rss_mb'] / max(1, pa_['driver_rss_mb']):4.2f}x"
+        )
+
+
+# ------------------------------------------------------------------ a simulated GPU fleet
+
+GPU_CHECK = Path(__file__).resolve().parents[2] / "conversion" / "results" / "gpu_check_h200.json"
+GPUS_PER_NODE = 16
+CPUS_PER_NODE = 8  # logical: each concurrent decode or write task is a real process here, and 2 cores run them all
+
+
+def h200_batch() -> tuple[int, float]:
+    """(batch, seconds per batch) of the fastest Swin-T variant measured on an H200 (model only)."""
+    res = json.loads(GPU_CHECK.read_text())["results"]
+    best = max(res, key=lambda r: max(r["img_per_s"].values()))
+    batch, rate = max(best["img_per_s"].items(), key=lambda kv: kv[1])
+    return int(batch), int(batch) / rate
+
+
+def fleet_run(work: Path, actors: int, n: int, batch: int | None = None) -> dict:
+    """One fleet size, in this (fresh) process: a loopback cluster of nodes with GPUS_PER_NODE logical GPUs, one
+    stand-in classifier actor per GPU; the driver's CPU and the rows/s it achieved against the ideal."""
+    import math
+    import shutil
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from skinscan.bench.common import swin_t_bundle
+    from skinscan.config import ScreenConfig, validate
+    from skinscan.ray_connect import connect
+    from skinscan.screening.pipeline import screen
+    from skinscan.screening.standin import StandIn
+
+    measured, s_per_batch = h200_batch()
+    batch = batch or measured  # a larger batch at the measured per-image rate (the H200 curve is flat by 256)
+    s_per_batch *= batch / measured
+    model = str(swin_t_bundle(work / "tiny_swin_64", 64, kwargs=TINY))
+    output = work / f"fleet_{actors}"
+    shutil.rmtree(output, ignore_errors=True)
+    raw = _config(model, str(manifest(work, n)), str(output))
+    raw["decode"] = {"batch_size": batch, "num_cpus": 0.25}
+    raw["rows_per_part"] = max(ROWS_PER_PART, batch)
+    raw["classify"] = {"batch_size": batch, "actors": actors, "num_cpus": 0.25, "num_gpus": 1}
+    cfg = validate(ScreenConfig, raw)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(math.ceil(actors / GPUS_PER_NODE)):
+        cluster.add_node(num_cpus=CPUS_PER_NODE, num_gpus=GPUS_PER_NODE)
+    cluster.wait_for_nodes()
+    try:
+        connect(cluster.address, 30)
+        c0, t0 = time.process_time(), time.time()
+        s = screen(cfg, stand_in=StandIn(classify_s_per_batch=s_per_batch))
+        wall, cpu = time.time() - t0, time.process_time() - c0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    ideal = actors * batch / s_per_batch
+    steady = s["steady_images_per_s"]  # None where parts came in a burst (too short a run to tell)
+    return {
+        "actors": actors,
+        "batch": batch,
+        "inputs": n,
+        "ideal_rows_per_s": round(ideal),
+        "achieved_rows_per_s": round(steady) if steady else None,
+        "achieved_share_of_ideal": round(steady / ideal, 3) if steady else None,
+        "wall_s": round(wall, 1),
+        "driver_cpu_s": round(cpu, 1),
+        "driver_share_of_one_core": round(cpu / max(1e-9, wall), 3),
+        # start-up included, so a lower bound on the rows one driver core can schedule per second
+        "rows_per_driver_cpu_s": round(s["this_run_rows"] / max(1e-9, cpu)),
+    }
+
+
+def _actor_memory(proc: subprocess.Popen) -> int:
+    """While `proc` runs: the largest unique memory (USS, MB) of one stand-in classifier actor, sampled every 2 s
+    from this process (sampling in the driver would add to the CPU it measures)."""
+    import psutil
+
+    peak = 0
+    while proc.poll() is None:
+        for p in psutil.process_iter(["name", "cmdline"]):
+            try:
+                if "StandInClassify" in " ".join(p.info["cmdline"] or []) or "StandInClassify" in (
+                    p.info["name"] or ""
+                ):
+                    peak = max(peak, p.memory_full_info().uss)
+            except psutil.Error:
+                continue
+        time.sleep(2)
+    return round(peak / 2**20)
+
+
+def fleet(
+    workdir: str = "runs/bench", out: str | None = None, actors=(8, 32, 64), n: int = 200_000, batch: int | None = None
+) -> dict:
+    """The fleet curve: each size in a fresh process (one process joins one Ray cluster)."""
     from skinscan.bench.common import write_json
 
-    work = Path(workdir).resolve()
-    driver = []
-    for n in sizes:
-        driver.append(_in_fresh_process("driver", str(work), str(n)))
-        _table(driver[-1:])
-    if len(driver) > 1:
-        a, b = driver[0], driver[-1]
-        slope = (b["driver_cpu_s"] - a["driver_cpu_s"]) / max(1, b["rows"] - a["rows"]) * 1000
-        print(
-            f"driver CPU per extra 1,000 rows (between {a['inputs']} and {b['inputs']}): {slope:.4f} s; "
-            f"peak RSS {b['driver_peak_rss_mb']} MB vs {a['driver_peak_rss_mb']} MB "
-            f"({b['driver_peak_rss_mb'] / max(1, a['driver_peak_rss_mb']):.2f}x)"
-        )
-    per_node = [_in_fresh_process("nodes", str(work), str(k), str(node_inputs)) for k in nodes]
-    if per_node:
-        _table(per_node)
-    res = {"driver": driver, "nodes": per_node}
-    write_json(res, out)
-    return res
+    work = Path(workdir).resolve() / "scale"
+    rows = []
+    for k in actors:
+        env = {key: v for key, v in os.environ.items() if key != "RAY_ADDRESS"}
+        proc = _child(env, "fleet", str(work), str(k), str(n), str(batch or 0))
+        uss = _actor_memory(proc)
+        rows.append({**_result(proc, f"fleet {k}"), "actor_uss_mb": uss})
+        print(f"[bench scale] fleet {json.dumps(rows[-1])}", flush=True)
+    write_json({"fleet": rows, "simulated": True}, out)
+    return {"fleet": rows}
 
+
+TINY = {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
 
 if __name__ == "__main__":
-    what, work = sys.argv[1], Path(sys.argv[2])
-    if what == "driver":
-        print(json.dumps(driver_run(work, int(sys.argv[3]))))
-    else:
-        print(json.dumps(nodes_run(work, int(sys.argv[3]), int(sys.argv[4]))))
+    if sys.argv[1] == "phase":
+        print(json.dumps(phase(*sys.argv[2:5])))
+    elif sys.argv[1] == "fleet":
+        print(json.dumps(fleet_run(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None)))

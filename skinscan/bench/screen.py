@@ -92,7 +92,6 @@ def run(
 ) -> dict:
     """`images`: a folder of real JPEGs, repeated to `n` inputs (instead of ~1 MP synthetic ones)."""
     import onnxruntime  # noqa: F401 - fail early if missing
-    import ray
     import torch
 
     from skinscan.bench.common import PeakMemory, rate, swin_t_bundle, write_json
@@ -100,6 +99,7 @@ def run(
     from skinscan.data.preprocess import normalize_batch
     from skinscan.explain.cam import gradcam
     from skinscan.models.bundle import load_bundle
+    from skinscan.ray_connect import connect
     from skinscan.runtime import create_predictor
 
     work = Path(workdir).resolve()
@@ -136,8 +136,7 @@ def run(
     print(f"(b) bare ONNX Runtime, pre-decoded tensors     {res['b_bare_onnxruntime']:7.2f} img/s", flush=True)
     del model, pred, x
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=False)
+    connect(None, 30)
     res["c_pipeline_explain_none"] = _pipeline(bundle, archive, work / "out_c", "none")
     print(f"(c) pipeline, explain=none                     {res['c_pipeline_explain_none']}", flush=True)
     res["d_pipeline_explain_all_fast"] = _pipeline(bundle, archive, work / "out_d", "all")

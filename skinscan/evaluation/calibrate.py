@@ -106,14 +106,19 @@ def calibrate_frame(
 
 def run(cfg: CalibrateConfig) -> ModelCard:
     from skinscan.data import storage
-    from skinscan.evaluation.classifier import select_eval_set
+    from skinscan.evaluation.classifier import leakage_check, select_eval_set
 
     if storage.is_remote(cfg.model):
         raise ConfigError(f"{cfg.model}: calibrate a local copy of the bundle, then upload it")
-    if cfg.split in ("test", "train"):
+    if cfg.split not in ("val", None):  # an allow-list: val, or a clinic's own set named with --data
         raise ConfigError(
             f"--split {cfg.split}: operating points are chosen on validation only (a threshold chosen on the split "
             "it is measured on reports the target, not what screening will get)"
+        )
+    if cfg.split is None and cfg.data is None:
+        raise ConfigError(
+            "--split '': that is the bundle's whole training manifest, test split included; use --split val, or "
+            "--data with a clinic's own labelled set"
         )
     bundle = Path(cfg.model)
     card = read_card(bundle)
@@ -121,6 +126,13 @@ def run(cfg: CalibrateConfig) -> ModelCard:
         raise ConfigError(f"{bundle} is a {card.task} bundle; calibrate needs a classifier")
     data = cfg.data or str(bundle / "train_manifest.parquet")
     df = select_eval_set(bundle, data, cfg.split)
+    if cfg.split is None:  # a clinic's own set: none of it may have been trained or validated on
+        leak = leakage_check(bundle, df)
+        if leak.get("checked") and leak["overlapping"]:
+            raise DataError(
+                f"{data}: {leak['overlapping']} of its images were in the model's training or validation split (same "
+                "id, content or lesion); remove them first (`skinscan data overlap`)"
+            )
     df = df[df["label"].isin(card.class_names)].reset_index(drop=True)
     if df.empty:
         raise DataError(f"{data}: no labelled images of the model's classes to calibrate on")

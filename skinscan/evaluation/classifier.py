@@ -311,7 +311,7 @@ Leakage check against the training manifest: {leak_line}.
 |---|---|---|
 | images | {raw["n"]} | {over["n"]} |
 | accuracy | {raw["accuracy"]:.4f} | {over["accuracy"]:.4f} |
-| balanced accuracy (ISIC metric) | {raw["balanced_accuracy"]:.4f} | {over["balanced_accuracy"]:.4f} |
+| balanced accuracy | {raw["balanced_accuracy"]:.4f} | {over["balanced_accuracy"]:.4f} |
 | macro F1 | {raw["macro_avg"]["f1"]:.4f} | {over["macro_avg"]["f1"]:.4f} |
 | weighted F1 | {raw["weighted_avg"]["f1"]:.4f} | {over["weighted_avg"]["f1"]:.4f} |
 | ECE | {raw["ece"]:.4f} | {over["ece"]:.4f} |

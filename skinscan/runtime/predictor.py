@@ -129,6 +129,13 @@ class OnnxPredictor:
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        running = self.session.get_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in running:  # it would run on the CPU, unsaid
+            raise ConfigError(
+                f"backend onnxruntime with device cuda: the session runs on {', '.join(running)}, not CUDA "
+                "(the CPU-only wheel, or onnxruntime-gpu built for another CUDA); install onnxruntime-gpu for this "
+                "node's CUDA, or use backend torch or tensorrt"
+            )
         self.inputs = [i.name for i in self.session.get_inputs()]  # image, then metadata for a metadata model
         self.input_dtype = np.float16 if fp16 else np.float32
         names = [o.name for o in self.session.get_outputs()]

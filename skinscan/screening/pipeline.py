@@ -200,9 +200,10 @@ def _folder_root(uri: str) -> str | None:
     return path if not storage.is_remote(path) and os.path.isdir(path) else None
 
 
-def build_dataset(cfg: ScreenConfig, inputs, done=None):
+def build_dataset(cfg: ScreenConfig, inputs, done=None, stand_in=None):
     """The Ray Data pipeline over `inputs` (a Dataset of image_id, uri, key), minus those in `done` (lazy; nothing
-    runs until iterated); its output is one row of counts per Parquet part the write tasks wrote."""
+    runs until iterated); its output is one row of counts per Parquet part the write tasks wrote. `stand_in`
+    (`screening.standin.StandIn`, capacity work only): decode and classify sleep instead, no other model stage."""
     import ray
 
     from skinscan.data.storage import storage_env
@@ -217,21 +218,26 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
     remote = {"runtime_env": {"env_vars": env}} if env else {}
     if done is not None:
         ds = ds.map_batches(drop_done, batch_format="numpy", fn_kwargs={"done": done}, num_cpus=cfg.decode.num_cpus)
+    decode_kwargs = {
+        "work_size": work,
+        "thumb_size": cfg.thumbnail_size if cfg.thumbnails != "none" else 0,
+        "max_pixels": cfg.max_pixels,
+        "gpu_decode": cfg.gpu_decode,
+        "max_bytes": cfg.max_input_bytes,
+        "allowed_schemes": tuple(cfg.allowed_schemes),
+        "input_root": _folder_root(cfg.input),
+    }
+    if stand_in is not None:
+        from skinscan.screening.standin import StandInClassify, stand_in_decode
+
+        decode_batch, decode_kwargs = stand_in_decode, {"s_per_image": stand_in.decode_s_per_image}
     ds = ds.map_batches(
         decode_batch,
         batch_size=cfg.decode.batch_size,
         batch_format="numpy",
         num_cpus=cfg.decode.num_cpus,
         **remote,
-        fn_kwargs={
-            "work_size": work,
-            "thumb_size": cfg.thumbnail_size if cfg.thumbnails != "none" else 0,
-            "max_pixels": cfg.max_pixels,
-            "gpu_decode": cfg.gpu_decode,
-            "max_bytes": cfg.max_input_bytes,
-            "allowed_schemes": tuple(cfg.allowed_schemes),
-            "input_root": _folder_root(cfg.input),
-        },
+        fn_kwargs=decode_kwargs,
         num_gpus=cfg.decode.num_gpus or None,
     )
 
@@ -248,53 +254,58 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None):
             **kwargs,
         )
 
-    if cfg.segmenter:
+    if stand_in is not None:
+        ds = actor_stage(
+            ds, StandInClassify, cfg.classify, fn_constructor_kwargs={"s_per_batch": stand_in.classify_s_per_batch}
+        )
+    else:
+        if cfg.segmenter:
+            ds = actor_stage(
+                ds,
+                SegmentStage,
+                cfg.segment,
+                zero_copy_batch=not cfg.crop_to_lesion,
+                fn_constructor_kwargs={
+                    "bundle": cfg.segmenter,
+                    "backend": cfg.backend,
+                    "device": cfg.device,
+                    "precision": cfg.precision,
+                    "compile": cfg.compile,
+                    "threads": cfg.segment.threads,
+                    "crop_to_lesion": cfg.crop_to_lesion,
+                },
+            )
         ds = actor_stage(
             ds,
-            SegmentStage,
-            cfg.segment,
-            zero_copy_batch=not cfg.crop_to_lesion,
+            ClassifyStage,
+            cfg.classify,
             fn_constructor_kwargs={
-                "bundle": cfg.segmenter,
+                "bundle": cfg.model,
                 "backend": cfg.backend,
                 "device": cfg.device,
                 "precision": cfg.precision,
                 "compile": cfg.compile,
-                "threads": cfg.segment.threads,
-                "crop_to_lesion": cfg.crop_to_lesion,
-            },
-        )
-    ds = actor_stage(
-        ds,
-        ClassifyStage,
-        cfg.classify,
-        fn_constructor_kwargs={
-            "bundle": cfg.model,
-            "backend": cfg.backend,
-            "device": cfg.device,
-            "precision": cfg.precision,
-            "compile": cfg.compile,
-            "threads": cfg.classify.threads,
-            "explain": cfg.explain,
-            "method": cfg.explain_method,
-            "flag_classes": cfg.flag.classes,
-            "threshold": cfg.flag.threshold,
-            "thumbnails": cfg.thumbnails,
-            "explain_here": cfg.explain_placement == "classifier",
-        },
-    )
-    if explain_in_pool(cfg):
-        ds = actor_stage(
-            ds,
-            ExplainStage,
-            cfg.explainer,
-            fn_constructor_kwargs={
-                "bundle": cfg.model,
+                "threads": cfg.classify.threads,
+                "explain": cfg.explain,
                 "method": cfg.explain_method,
-                "device": cfg.device,
-                "threads": cfg.explainer.threads,
+                "flag_classes": cfg.flag.classes,
+                "threshold": cfg.flag.threshold,
+                "thumbnails": cfg.thumbnails,
+                "explain_here": cfg.explain_placement == "classifier",
             },
         )
+        if explain_in_pool(cfg):
+            ds = actor_stage(
+                ds,
+                ExplainStage,
+                cfg.explainer,
+                fn_constructor_kwargs={
+                    "bundle": cfg.model,
+                    "method": cfg.explain_method,
+                    "device": cfg.device,
+                    "threads": cfg.explainer.threads,
+                },
+            )
     return ds.map_batches(
         write_batch,
         batch_size=cfg.rows_per_part,
@@ -339,7 +350,7 @@ def _task(fn, env: dict, **options):
     return ray.remote(fn).options(num_cpus=0.25, runtime_env={"env_vars": env} if env else None, **options)
 
 
-def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
+def screen(cfg: ScreenConfig, ray_address: str | None = None, stand_in=None) -> dict:
     """Run (or resume) a screening job; returns the summary. Interrupting keeps every part written so far.
 
     The driver plans the listing, starts the pipeline and counts parts: the inputs are listed in read tasks into
@@ -357,7 +368,7 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None) -> dict:
     units = plan_units(cfg.input, cfg.include_masks)
     with OutputLease(cfg.output) as lease:  # one run at a time per output: a second is refused in one line
         try:
-            summary = _screen_held(cfg, ray_address, units)
+            summary = _screen_held(cfg, ray_address, units, stand_in)
         except Exception as err:  # a refusal raised inside a Ray task (write host, part schema): its one line
             cause, seen = err, 0
             while cause is not None and seen < 8:  # Ray's task errors and Ray Data's wrappers, down to ours
@@ -396,12 +407,34 @@ def _check_output_reachable(cfg: ScreenConfig) -> None:
         )
 
 
-def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list) -> dict:
+LISTING_BLOCK_ROWS = 8192
+"""Inputs per listing block of a large run. The driver owns the listing, and Ray keeps a block under its inline limit
+(100 KB) in the owner's heap: at 512 rows a block, 1,000,000 inputs held ~300 MB of driver memory for the whole run;
+blocks of 8,192 (~0.6 MB) live in the object store. A decode task takes whole blocks, so a run of fewer than
+`PARALLEL_BLOCKS` such blocks is listed in decode batches instead (its small blocks cost the driver little)."""
+PARALLEL_BLOCKS = 64
+
+
+def list_inputs(cfg: ScreenConfig, units: list) -> tuple[int, list]:
+    """Every input, listed in read tasks into the object store: (how many, ObjectRefs of their Arrow blocks)."""
+    from skinscan.data.storage import storage_env
+    from skinscan.screening.inputs import read_inputs
+
+    env = storage_env()
+    runtime_env = {"env_vars": env} if env else None
+    listing = read_inputs(cfg.input, LISTING_BLOCK_ROWS, runtime_env, units).materialize()
+    n = listing.count()
+    if n < PARALLEL_BLOCKS * LISTING_BLOCK_ROWS and cfg.decode.batch_size < LISTING_BLOCK_ROWS:
+        # before any actor pool holds a CPU: a repartition then could wait for one forever
+        listing = listing.repartition(target_num_rows_per_block=cfg.decode.batch_size).materialize()
+    return n, listing.to_arrow_refs()  # ObjectRefs only: the list itself stays in the object store
+
+
+def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_in=None) -> dict:
     """`screen` once the output's lease is held."""
     import ray
 
     from skinscan.data.storage import storage_env
-    from skinscan.screening.inputs import read_inputs
 
     try:
         earlier = bool(list_parts(cfg.output))
@@ -418,12 +451,9 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list) -> dic
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     ctx.execution_options.preserve_order = False
-    runtime_env = {"env_vars": env} if env else None
-    listing = read_inputs(cfg.input, cfg.decode.batch_size, runtime_env, units).materialize()
-    n_inputs = listing.count()
+    n_inputs, refs = list_inputs(cfg, units)
     if n_inputs == 0:
         raise DataError(f"{cfg.input}: no input files")
-    refs = listing.to_arrow_refs()  # ObjectRefs only: the list itself stays in the object store
     inputs = ray.data.from_arrow_refs(refs)  # one block per chunk (a read task's blocks would travel as one bundle)
     if earlier and cfg.prune_stale:  # in a task, like the resume index: the driver reads no result rows
         pruned = ray.get(_task(_prune_task, env).remote(cfg.output, refs))
@@ -454,8 +484,9 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list) -> dic
     arrivals: list[tuple[float, int]] = []  # (seconds since t0, rows written so far)
     written, interrupted = 0, False
     if n_done < n_inputs:
-        _prepare_onnx(cfg)
-        ds = build_dataset(cfg, inputs, done)
+        if stand_in is None:
+            _prepare_onnx(cfg)
+        ds = build_dataset(cfg, inputs, done, stand_in)
         # Ray's own lines during the run (actor notices, executor logs) go to the session's log, the bar to the user
         with quiet_stderr() as terminal:
             bar = tqdm(

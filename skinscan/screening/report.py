@@ -16,7 +16,7 @@ from PIL import Image
 
 from skinscan.data import storage
 from skinscan.data.taxonomy import CLASS_DESCRIPTIONS, ISIC2019_CLASSES, MALIGNANT
-from skinscan.screening.schema import SCHEMA
+from skinscan.screening.schema import PROB_COLUMNS
 from skinscan.screening.writer import HEAVY_COLUMNS, read_results
 
 CSS = """
@@ -136,18 +136,31 @@ def _operating_point(flag: dict, rule: str, s: dict) -> str:
     )
 
 
+REPORT_COLUMNS = [
+    *("uri", "image_id", "status", "error_type", "error_message", "flagged", "flag_rule", "model_id", "segmenter_id"),
+    *("lesion_area", "heatmap_method", "heatmap_class", "t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms"),
+    *PROB_COLUMNS,
+]
+"""What the report reads of every row (not sha256, versions, placement: at millions of rows each is ~100 MB)."""
+MAX_ERRORS = 500
+"""Error rows listed in the report (all of them are in the results)."""
+
+
 def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path | str:
     """Write the report (default: beside the results, on whatever filesystem they are); returns its local path, or
     its URI on an object store."""
+    import pyarrow.compute as pc
+
     from skinscan.screening.output import read_summary
     from skinscan.screening.pipeline import count_results
 
-    light = [f.name for f in SCHEMA if f.name not in HEAVY_COLUMNS]
-    t = read_results(output, light).to_pandas()  # every row, no images
+    t = read_results(output, REPORT_COLUMNS)  # every row, no images, in Arrow: pandas gets only the rows shown
     s = count_results(output)
     target = path or f"{str(output).rstrip('/')}/report.html"
-    ok = t[t["status"] == "ok"]
-    flagged = ok[ok["flagged"]].copy()
+    is_ok = pc.fill_null(pc.equal(t["status"], "ok"), False)
+    ok = t.filter(is_ok)
+    is_flag = pc.fill_null(ok["flagged"], False)
+    flagged = ok.filter(is_flag).to_pandas()
     mal_cols = [f"prob_{c}" for c in MALIGNANT if f"prob_{c}" in flagged]
     flagged["_risk"] = flagged[mal_cols].max(axis=1) if mal_cols else 0
     flagged = flagged.sort_values("_risk", ascending=False)
@@ -157,21 +170,23 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
     shown = top.merge(images, on="uri", how="inner")
     shown = shown[shown["thumbnail_jpeg"].notna()].sort_values("_risk", ascending=False).head(max_flagged)
     items = "".join(_gallery_item(r) for r in shown.to_dict("records"))
-    errors = t[t["status"] != "ok"]
+    errors = t.filter(pc.invert(is_ok)).select(["uri", "error_type", "error_message"])
+    n_errors = errors.num_rows
     err_rows = "".join(
         f"<tr><td class=id>{html.escape(str(r.uri))}</td><td>{html.escape(str(r.error_type))}</td>"
         f"<td>{html.escape(str(r.error_message))}</td></tr>"
-        for r in errors.itertuples()
+        for r in errors.slice(0, MAX_ERRORS).to_pandas().itertuples()
     )
-    models = ", ".join(sorted(set(ok["model_id"].dropna()) | set(ok["segmenter_id"].dropna()))) or "-"
+    ids = {v for col in ("model_id", "segmenter_id") for v in pc.unique(ok[col]).to_pylist() if v is not None}
+    models = ", ".join(sorted(ids)) or "-"
     timing = {
-        k: float(ok[k].mean())
+        k: pc.mean(ok[k]).as_py()
         for k in ("t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms")
-        if k in ok and ok[k].notna().any()
+        if ok[k].null_count < ok.num_rows
     }
     run = read_summary(output)
-    unflagged = ok.loc[~ok["flagged"], "flag_rule"].dropna()
-    rule = run.get("flag", {}).get("rule") or (unflagged.iloc[0] if len(unflagged) else "-")
+    unflagged = ok.filter(pc.invert(is_flag))["flag_rule"].drop_null()
+    rule = run.get("flag", {}).get("rule") or (unflagged[0].as_py() if len(unflagged) else "-")
     speed = f"{run['images_per_s']} images/s in the last run" if run.get("images_per_s") else ""
     page = f"""<!doctype html><html lang=en><head><meta charset=utf-8>
 <meta name=viewport content="width=device-width,initial-scale=1"><title>SkinScan screening report</title>
@@ -197,10 +212,10 @@ Screening output, not a diagnosis: flagged lesions need review by a clinician.</
 <p class=muted>Left: image with the segmented lesion outline (green). Right: explanation heatmap for the
 predicted class (red = strongest evidence). Bars: top class probabilities.</p>
 <div class=gallery id=gallery>{items or "<p class=muted>nothing flagged</p>"}</div>
-<h2>Errors ({len(errors)})</h2>
+<h2>Errors ({n_errors}{f", first {MAX_ERRORS} shown" if n_errors > MAX_ERRORS else ""})</h2>
 {
         "<table id=errors><tr><th>input</th><th>type</th><th>message</th></tr>" + err_rows + "</table>"
-        if len(errors)
+        if n_errors
         else "<p class=muted>none</p>"
     }
 </body></html>"""
