@@ -324,6 +324,8 @@ class ScreenConfig(Section):
     gpu_decode: bool = False  # nvJPEG through torchvision.io when a GPU is present
     max_pixels: int = Field(100_000_000, ge=1)  # checked from the header, before any decoder (GPU included)
     max_input_bytes: int = Field(256 * 2**20, ge=1)  # per input, checked while reading (archive members included)
+    # inputs each decode task reads at once (threads): an object store's per-request latency is then paid in parallel
+    read_concurrency: int = Field(16, ge=1, le=256)
     # URI schemes an input may use (a manifest's `uri` values included); add http/https only for trusted manifests
     allowed_schemes: list[str] = Field(default_factory=lambda: ["file", "zip", "tar", "s3", "gs"])
     rows_per_part: int = Field(256, ge=1)  # rows per Parquet part file

@@ -10,7 +10,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="benchmarks: training, runtimes, explanations, screening, phases at scale, a simulated GPU fleet",
     )
-    p.add_argument("what", choices=["train", "runtimes", "explain", "screen", "scale", "fleet", "stages"])
+    p.add_argument("what", choices=["train", "runtimes", "explain", "screen", "scale", "fleet", "reads", "stages"])
     p.add_argument("--workdir", default="runs/bench")
     p.add_argument("-o", "--out", help="write the figures as JSON here")
     p.add_argument("--images", help="screen, stages: a folder of real JPEGs to use (repeated to --n for screen)")

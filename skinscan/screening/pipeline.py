@@ -226,6 +226,7 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None, stand_in=None):
         "max_bytes": cfg.max_input_bytes,
         "allowed_schemes": tuple(cfg.allowed_schemes),
         "input_root": _folder_root(cfg.input),
+        "read_concurrency": cfg.read_concurrency,
     }
     if stand_in is not None:
         from skinscan.screening.standin import StandInClassify, stand_in_decode
