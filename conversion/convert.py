@@ -22,6 +22,21 @@ def profile_batches(cfg: ConvertConfig, task: str) -> tuple[int, int]:
     return opt, max(opt, cfg.max_batch)
 
 
+def engine_target() -> dict:
+    """What an engine built here is tied to: the TensorRT version, the GPU and its compute capability."""
+    import torch
+
+    from skinscan.runtime.tensorrt import require_tensorrt
+
+    trt = require_tensorrt()
+    major, minor = torch.cuda.get_device_capability()
+    return {
+        "tensorrt_version": trt.__version__,
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": f"{major}.{minor}",
+    }
+
+
 def run(cfg: ConvertConfig) -> dict:
     bundle = Path(cfg.model)
     card = read_card(bundle)
@@ -40,7 +55,11 @@ def run(cfg: ConvertConfig) -> dict:
         engine = build_engine(
             onnx_file, bundle / ("model.fp16.engine" if cfg.fp16 else "model.engine"), opt_batch=opt, max_batch=top
         )
-        record_export(bundle, key, ExportRecord(file=engine.name, sha256=file_sha256(engine), source=onnx_file.name))
+        record_export(
+            bundle,
+            key,
+            ExportRecord(file=engine.name, sha256=file_sha256(engine), source=onnx_file.name, **engine_target()),
+        )
         stats["tensorrt"] = str(engine)
         stats["tensorrt_parity"] = check_parity(bundle, images, "tensorrt", cfg.fp16, tol, cfg.min_agreement)
     return stats

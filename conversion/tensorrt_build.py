@@ -45,6 +45,11 @@ def build_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise SkinScanError(f"TensorRT could not parse {onnx_file}: {errors}")
     config = builder.create_builder_config()
+    # TF32 (on by default for FP32 layers on Ampere and later) rounds matmul inputs to 10 mantissa bits: a trained
+    # Swin's FP32 engine would then miss the 1e-3 parity tolerance; FP16 engines are typed by the graph anyway
+    tf32 = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+    if tf32 is not None:
+        config.clear_flag(tf32)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):  # the image, and the metadata vector of a metadata model: batch dynamic

@@ -92,7 +92,7 @@ def test_a_tensorrt_backend_asked_for_fp16_loads_the_fp16_engine(tmp_path, monke
     naming the command that builds it (a fake runner stands in for TensorRT, which is not installed here)."""
     from conftest import make_bundle
 
-    from skinscan.errors import BundleError
+    from skinscan.errors import BundleError, SkinScanError
     from skinscan.models.bundle import ExportRecord, file_sha256, record_export
     from skinscan.runtime import create_predictor
     from skinscan.runtime import tensorrt as trt_runtime
@@ -108,8 +108,12 @@ def test_a_tensorrt_backend_asked_for_fp16_loads_the_fp16_engine(tmp_path, monke
 
             return [torch.zeros(len(inputs[0]), 4)]
 
-    monkeypatch.setattr(trt_runtime, "require_tensorrt", lambda: None)
+    import torch
+
+    monkeypatch.setattr(trt_runtime, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(trt_runtime, "TensorRTRunner", FakeRunner)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     bundle = make_bundle(tmp_path / "b")
     with pytest.raises(BundleError, match=r"no tensorrt_fp16 export; make it with `skinscan convert .* --fp16"):
         create_predictor(bundle, "tensorrt", precision="fp16")
@@ -118,6 +122,23 @@ def test_a_tensorrt_backend_asked_for_fp16_loads_the_fp16_engine(tmp_path, monke
         record_export(bundle, key, ExportRecord(file=name, sha256=file_sha256(bundle / name)))
     create_predictor(bundle, "tensorrt", with_features=False, precision="fp16").predict(np.zeros((2, 3, 64, 64)))
     create_predictor(bundle, "tensorrt", with_features=False)
+    assert loaded == ["model.fp16.engine", "model.engine"]
+    # an engine built for another GPU architecture (or TensorRT version) is refused in one line before loading
+    record_export(
+        bundle,
+        "tensorrt",
+        ExportRecord(
+            file="model.engine",
+            sha256=file_sha256(bundle / "model.engine"),
+            tensorrt_version="10.3.0",
+            gpu="NVIDIA A10G",
+            compute_capability="8.6",
+        ),
+    )
+    with pytest.raises(
+        SkinScanError, match=r"built with TensorRT 10\.3 for compute capability 8\.6 \(NVIDIA A10G\); this node"
+    ):
+        create_predictor(bundle, "tensorrt", with_features=False)
     assert loaded == ["model.fp16.engine", "model.engine"]
 
 
@@ -134,3 +155,27 @@ def test_a_precision_a_backend_cannot_run_is_one_line():
         with pytest.raises(ConfigError, match=f"backend {backend} runs fp32 or fp16 exports, not bf16"):
             create_predictor("unused", backend, precision="bf16")
     ScreenConfig(backend="torch", precision="bf16", compile=True)
+
+
+def test_engines_are_built_without_tf32_and_big_batches_run_in_profile_sized_pieces(tmp_path, monkeypatch):
+    """FP32 engines keep FP32 matmuls (TF32 would miss the 1e-3 parity tolerance on a trained model); a batch above
+    the profile's largest is split, not sent to fail as a negative dimension (TensorRT itself is faked here)."""
+    from unittest import mock
+
+    from conversion import tensorrt_build
+    from skinscan.runtime.tensorrt import check_engine_target, profile_chunks
+
+    trt = mock.MagicMock()
+    trt.Builder.return_value.create_network.return_value.num_inputs = 0
+    trt.OnnxParser.return_value.parse.return_value = True
+    trt.Builder.return_value.build_serialized_network.return_value = b"engine"
+    monkeypatch.setattr(tensorrt_build, "require_tensorrt", lambda: trt)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    tensorrt_build.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine")
+    trt.Builder.return_value.create_builder_config.return_value.clear_flag.assert_called_with(trt.BuilderFlag.TF32)
+    assert [(s.start, s.stop) for s in profile_chunks(600, 256)] == [(0, 256), (256, 512), (512, 600)]
+    assert [(s.start, s.stop) for s in profile_chunks(3, 256)] == [(0, 3)]
+    record = types.SimpleNamespace(file="e", tensorrt_version="10.3.0", gpu="A10G", compute_capability="8.6")
+    check_engine_target(record, "10.3.1", "A10G", "8.6", "cmd")  # a patch release runs the same engines
+    with pytest.raises(Exception, match="TensorRT 10.3 .* this node has TensorRT 11.0"):
+        check_engine_target(record, "11.0.0", "A10G", "8.6", "cmd")

@@ -65,6 +65,10 @@ class ExportRecord(_Open):
     dynamic_batch: bool | None = None
     export_s: float | None = None
     source: str | None = Field(None, alias="from")  # the ONNX file an engine was built from
+    # an engine runs only with the TensorRT version and on the GPU architecture it was built for
+    tensorrt_version: str | None = None
+    gpu: str | None = None
+    compute_capability: str | None = None
 
 
 class Calibration(_Open):

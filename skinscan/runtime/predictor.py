@@ -156,11 +156,23 @@ class TensorRTPredictor:
     def __init__(
         self, bundle: str | Path, with_features: bool = True, device: str = "auto", fp16: bool = False, **_: object
     ):
-        from skinscan.runtime.tensorrt import TensorRTRunner, require_tensorrt
+        import torch
 
-        require_tensorrt()
+        from skinscan.runtime.tensorrt import TensorRTRunner, check_engine_target, require_tensorrt
+
+        trt = require_tensorrt()
         self.card = read_card(bundle)
-        self.runner = TensorRTRunner(checked_file(bundle, "tensorrt_fp16" if fp16 else "tensorrt"))
+        key = "tensorrt_fp16" if fp16 else "tensorrt"
+        engine = checked_file(bundle, key)  # a missing export: one line naming the command that builds it
+        major, minor = torch.cuda.get_device_capability()
+        check_engine_target(
+            self.card.exports[key],
+            trt.__version__,
+            torch.cuda.get_device_name(),
+            f"{major}.{minor}",
+            f"skinscan convert --model {bundle} --to tensorrt{' --fp16' if fp16 else ''}",
+        )
+        self.runner = TensorRTRunner(engine)
         self.n_out = None if with_features else 1
 
     def predict(self, x: np.ndarray, meta: np.ndarray | None = None) -> Prediction:

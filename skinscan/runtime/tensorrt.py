@@ -42,6 +42,27 @@ def require_tensorrt():
     return trt
 
 
+def check_engine_target(record, tensorrt_version: str, gpu: str, compute_capability: str, remedy: str) -> None:
+    """An engine runs only under the TensorRT version (major.minor) and on the GPU architecture it was built for:
+    anything else is refused in one line naming the command that builds one here (an engine without the record,
+    from before it was kept, is tried)."""
+    if record.tensorrt_version is None or record.compute_capability is None:
+        return
+    built = ".".join(record.tensorrt_version.split(".")[:2])
+    here = ".".join(tensorrt_version.split(".")[:2])
+    if built != here or record.compute_capability != compute_capability:
+        raise SkinScanError(
+            f"{record.file} was built with TensorRT {built} for compute capability {record.compute_capability} "
+            f"({record.gpu}); this node has TensorRT {here} and {compute_capability} ({gpu}): build one here with "
+            f"`{remedy}`"
+        )
+
+
+def profile_chunks(n: int, max_batch: int) -> list[slice]:
+    """A batch of `n` as slices of at most the engine profile's largest batch."""
+    return [slice(i, min(i + max_batch, n)) for i in range(0, n, max_batch)] or [slice(0, 0)]
+
+
 class TensorRTRunner:
     """Runs a serialised engine. Copy-in, execution and output allocation all happen on one CUDA stream, so
     TensorRT never reads an input that is still being copied."""
@@ -60,6 +81,7 @@ class TensorRTRunner:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n), trt) for n in names}
+        self.max_batch = min(self.engine.get_tensor_profile_shape(n, 0)[2][0] for n in self.inputs)
         self.stream = torch.cuda.Stream()
 
     def _torch_dtype(self, dt, trt):
@@ -74,16 +96,26 @@ class TensorRTRunner:
 
     def __call__(self, *xs):
         """xs: CUDA or CPU tensors in engine input order (the NCHW image, then metadata for a metadata model);
-        returns the outputs as CUDA tensors, in engine order."""
+        returns the outputs as CUDA tensors, in engine order. A batch above the engine profile's largest is run in
+        pieces of that size."""
         t = self.torch
         if len(xs) != len(self.inputs):
             raise SkinScanError(f"the engine takes {len(self.inputs)} inputs {self.inputs}, not {len(xs)}")
+        pieces = [self._run(*(x[s] for x in xs)) for s in profile_chunks(len(xs[0]), self.max_batch)]
+        return pieces[0] if len(pieces) == 1 else [t.cat(outs) for outs in zip(*pieces)]
+
+    def _run(self, *xs):
+        t = self.torch
         self.stream.wait_stream(t.cuda.current_stream())  # inputs may have been produced on the caller's stream
         with t.cuda.stream(self.stream):
             keep = []  # the device copies must outlive the launch
             for name, x in zip(self.inputs, xs):
                 x = x.to("cuda", self.dtypes[name], non_blocking=True).contiguous()
-                self.context.set_input_shape(name, tuple(x.shape))
+                if not self.context.set_input_shape(name, tuple(x.shape)):
+                    raise SkinScanError(
+                        f"TensorRT refused input {name} of shape {tuple(x.shape)} (the engine's profile allows "
+                        f"batches up to {self.max_batch}; rebuild it with `skinscan convert --max-batch N`)"
+                    )
                 self.context.set_tensor_address(name, x.data_ptr())
                 keep.append(x)
             outs = []
