@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+TINY = {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
 PHASES = ("list", "screen", "resume", "resume_noop", "count", "prune", "report")
 ROWS_PER_PART = 4096
 BATCH = 512
@@ -58,14 +59,18 @@ def _config(model: str, source: str, output: str, classify: dict | None = None) 
 # ------------------------------------------------------------------ one phase, in a fresh driver process
 
 
-def _listing(cfg):
-    import ray
-
+def _listing(cfg) -> tuple[int, list]:
     from skinscan.data.listing import plan_units
     from skinscan.screening.pipeline import list_inputs
 
-    n, refs = list_inputs(cfg, plan_units(cfg.input, cfg.include_masks))
-    return n, refs, ray
+    return list_inputs(cfg, plan_units(cfg.input, cfg.include_masks))
+
+
+def _others_cpu(machine0, machine1, own: float) -> float:
+    """CPU seconds of every other process on this machine between two `psutil.cpu_times()` (Ray runs its workers
+    niced: their time is "nice")."""
+    busy = ("user", "nice", "system", "irq", "softirq")
+    return max(0.0, sum(getattr(machine1, k, 0.0) - getattr(machine0, k, 0.0) for k in busy) - own)
 
 
 def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
@@ -73,6 +78,7 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
     import resource
 
     import psutil
+    import ray
 
     from skinscan.config import ScreenConfig, validate
     from skinscan.ray_connect import connect
@@ -93,7 +99,7 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
         s = pipeline.screen(cfg, stand_in=stand_in)
         result.update(rows=s["this_run_rows"], complete=s["complete"], total_rows=s["rows"])
     elif name in ("count", "prune"):
-        _, refs, ray = setup
+        _, refs = setup
         task = pipeline._count_task if name == "count" else pipeline._prune_task
         out = ray.get(pipeline._task(task, {}).remote(cfg.output, refs))
         result.update({k: out[k] for k in ("rows", "complete", "duplicates", "missing") if k in out})
@@ -102,13 +108,11 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
 
         result["report_bytes"] = Path(write_report(cfg.output)).stat().st_size
     wall, me1, machine1 = time.time() - t0, time.process_time(), psutil.cpu_times()
-    busy = ("user", "nice", "system", "irq", "softirq")
-    machine = sum(getattr(machine1, k, 0.0) - getattr(machine0, k, 0.0) for k in busy)
     return {
         "wall_s": round(wall, 2),
         "driver_cpu_s": round(me1 - me0, 2),
         "driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "workers_cpu_s": round(max(0.0, machine - (me1 - me0)), 1),
+        "workers_cpu_s": round(_others_cpu(machine0, machine1, me1 - me0), 1),
         **result,
     }
 
@@ -189,13 +193,11 @@ def _killed_screen(env: dict, args: tuple, output: str, n: int) -> dict:
         now = _parts(output)
         seen, since = now, (since if now == seen else time.time())
         time.sleep(0.2)
-    busy = ("user", "nice", "system", "irq", "softirq")
-    machine = sum(getattr(machine1, k, 0.0) - getattr(machine0, k, 0.0) for k in busy)
     return {
         "wall_s": round(wall, 2),
         "driver_cpu_s": round(cpu, 2),
         "driver_rss_mb": round(rss),
-        "workers_cpu_s": round(max(0.0, machine - cpu), 1),
+        "workers_cpu_s": round(_others_cpu(machine0, machine1, cpu), 1),
         "killed_at_rows": _written(output),
         "note": "driver process from start to SIGKILL (imports included)",
     }
@@ -377,8 +379,6 @@ def fleet(
     write_json({"fleet": rows, "simulated": True}, out)
     return {"fleet": rows}
 
-
-TINY = {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
 
 if __name__ == "__main__":
     if sys.argv[1] == "phase":

@@ -410,9 +410,10 @@ def _check_output_reachable(cfg: ScreenConfig) -> None:
 
 LISTING_BLOCK_ROWS = 8192
 """Inputs per listing block of a large run. The driver owns the listing, and Ray keeps a block under its inline limit
-(100 KB) in the owner's heap: at 512 rows a block, 1,000,000 inputs held ~300 MB of driver memory for the whole run;
-blocks of 8,192 (~0.6 MB) live in the object store. A decode task takes whole blocks, so a run of fewer than
-`PARALLEL_BLOCKS` such blocks is listed in decode batches instead (its small blocks cost the driver little)."""
+(100 KB) in the owner's heap: at 512 rows a block, the driver's memory grew with the archive (1.41x from 100,000 to
+1,000,000 inputs, docs/capacity.md); blocks of 8,192 (~0.6 MB) live in the object store. A decode task takes whole
+blocks, so a run of fewer than `PARALLEL_BLOCKS` such blocks is listed in decode batches instead (its small blocks
+cost the driver little)."""
 PARALLEL_BLOCKS = 64
 
 
