@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import use_s3
 
 from skinscan.data.listing import iter_unit, list_all, plan_units, uri_keys
 from skinscan.data.manifest import read_unlabeled
@@ -110,3 +111,17 @@ def test_resume_lookup_is_a_binary_search_that_agrees_with_isin():
     batch = np.concatenate([batch, [np.uint64(0), np.uint64(2**64 - 1)]]).astype(np.uint64)
     np.testing.assert_array_equal(in_sorted(batch, written), np.isin(batch, written))
     assert not in_sorted(batch, np.zeros(0, np.uint64)).any()
+
+
+def test_an_object_store_prefix_is_one_unit_listed_page_by_page_in_its_task(s3_server, monkeypatch):
+    endpoint, fs = s3_server
+    names = [f"flat/img_{i:05d}.jpg" for i in range(2100)] + ["flat/masks/m.png", "flat/.hidden.jpg", "flat/x.csv"]
+    fs.pipe({f"skinscan-test/prefix-{id(names)}/{n}": b"x" for n in names})
+    use_s3(monkeypatch, endpoint)
+    uri = f"s3://skinscan-test/prefix-{id(names)}/flat"
+    (unit,) = plan_units(uri)  # the driver only checks that the prefix exists: no listing of it
+    assert unit.kind == "prefix"
+    chunks = list(iter_unit(unit, chunk_rows=1000))
+    assert [c.num_rows for c in chunks] == [1000, 1000, 100]  # masks, hidden files and sidecars are not inputs
+    uris = [u for c in chunks for u in c.column("uri").to_pylist()]
+    assert len(set(uris)) == 2100 and uris == sorted(uris) and all(u.startswith(f"{uri}/img_") for u in uris)

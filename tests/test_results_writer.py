@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skinscan.screening.writer import done_keys, list_parts, read_results, uri_keys, write_batch
+from skinscan.screening.partindex import done_keys
+from skinscan.screening.writer import list_parts, read_results, uri_keys, write_batch
 
 
 def _batch(uris: list[str]) -> dict:
@@ -75,7 +76,7 @@ def test_readers_take_only_the_rows_and_columns_they_need(tmp_path):
 
 
 def test_counts_are_matched_by_uri_missing_and_stale_named(tmp_path):
-    from skinscan.screening.pipeline import count_results
+    from skinscan.screening.partindex import count_results
 
     out = str(tmp_path / "o")
     write_batch(_batch(["a", "b", "c"]), out)
@@ -91,7 +92,7 @@ def test_a_part_of_an_older_schema_is_read_with_its_new_columns_null(tmp_path):
     report's reads take it, the missing columns as null."""
     import pyarrow.parquet as pq
 
-    from skinscan.screening.pipeline import count_results
+    from skinscan.screening.partindex import count_results
     from skinscan.screening.writer import to_table
 
     out = tmp_path / "o"
@@ -254,3 +255,44 @@ def test_a_write_task_on_another_machine_refuses_a_local_output(tmp_path, monkey
     with pytest.raises(SkinScanError, match="local path of .* but this write task runs on autoscaled-gpu-node"):
         write_batch(_batch(["b"]), out, host="driver-host")
     assert read_results(out, ["uri"]).column("uri").to_pylist() == ["a"]
+
+
+def test_every_setting_that_changes_a_row_is_in_the_mixed_run_check(tmp_path):
+    import json
+
+    from conftest import make_bundle
+
+    from skinscan.config import ScreenConfig, validate
+    from skinscan.errors import ConfigError
+    from skinscan.models.bundle import ExportRecord, record_export
+    from skinscan.screening.output import check_and_record
+
+    bundle = make_bundle(tmp_path / "cls")
+    out = tmp_path / "out"
+
+    def cfg(**kw):
+        return validate(ScreenConfig, {"model": str(bundle), "input": "x", "output": str(out), **kw})
+
+    check_and_record(cfg(), has_rows=False)
+    meta = json.loads((out / "skinscan_output.json").read_text())
+    # an output written before these settings were recorded: its maker lacks them and reads as the defaults
+    old = {k: v for k, v in meta["makers"][0].items() if k not in ("gpu_decode", "max_pixels", "export_sha256")}
+    (out / "skinscan_output.json").write_text(json.dumps({**meta, "makers": [old]}))
+    check_and_record(cfg(), has_rows=True)
+    for changed, word in [
+        ({"gpu_decode": True}, "gpu_decode: False -> True"),
+        ({"max_pixels": 1000}, "max_pixels"),
+        ({"max_input_bytes": 1000}, "max_input_bytes"),
+        ({"precision": "fp16"}, "precision: 'fp32' -> 'fp16'"),
+    ]:
+        with pytest.raises(ConfigError, match=word):
+            check_and_record(cfg(**changed), has_rows=True)
+    # the ONNX file exported after the first run: the same maker, now with its sha256, not a second maker
+    onnx = tmp_path / "cls" / "model.onnx"
+    onnx.write_bytes(b"a")
+    record_export(tmp_path / "cls", "onnx", ExportRecord(file="model.onnx", sha256="a" * 64))
+    record = check_and_record(cfg(), has_rows=True)
+    assert len(record["makers"]) == 1 and record["makers"][0]["export_sha256"] == "a" * 64 and not record["mixed"]
+    record_export(tmp_path / "cls", "onnx", ExportRecord(file="model.onnx", sha256="b" * 64))  # exported again
+    with pytest.raises(ConfigError, match="export_sha256"):
+        check_and_record(cfg(), has_rows=True)

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,8 +91,9 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
     result: dict = {}
     connect(None, 30)  # every phase: joining Ray is outside the measured window (`screen` then finds it joined)
     setup = None
-    if name in ("count", "prune"):
-        setup = _listing(cfg)
+    if name in ("count", "prune"):  # the listing's keys, as a run has them when it counts
+        setup = pipeline._task(pipeline._input_keys, {}).remote(*_listing(cfg)[1])
+        ray.wait([setup])
     machine0, me0, t0 = psutil.cpu_times(), time.process_time(), time.time()
     if name == "list":
         result["inputs"] = _listing(cfg)[0]
@@ -99,9 +101,10 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
         s = pipeline.screen(cfg, stand_in=stand_in)
         result.update(rows=s["this_run_rows"], complete=s["complete"], total_rows=s["rows"])
     elif name in ("count", "prune"):
-        _, refs = setup
-        task = pipeline._count_task if name == "count" else pipeline._prune_task
-        out = ray.get(pipeline._task(task, {}).remote(cfg.output, refs))
+        if name == "count":
+            out = pipeline.count_in_tasks(cfg.output, setup)
+        else:
+            out = pipeline._rewrite_in_groups(cfg, pipeline._prune_task, setup)
         result.update({k: out[k] for k in ("rows", "complete", "duplicates", "missing") if k in out})
     elif name == "report":
         from skinscan.screening.report import write_report
@@ -229,15 +232,53 @@ def _cluster_env(address: str) -> dict:
     return env
 
 
+def s3_prefix(n: int) -> tuple[str, object]:
+    """A loopback S3 server (SeaweedFS) holding `n` one-byte objects in one flat prefix; (its URI, the server's
+    process). This process's environment points s3:// at it, so the Ray started next reads it too."""
+    import s3fs
+
+    from skinscan.bench.reads import _seaweed
+
+    data = Path(tempfile.mkdtemp(prefix="bench-scale-s3-"))
+    proc, port = _seaweed(data)
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }
+    )
+    fs = s3fs.S3FileSystem(key="k", secret="s", client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
+    deadline = time.time() + 60
+    while True:
+        try:
+            fs.mkdir("bench")
+            break
+        except Exception:  # noqa: BLE001 - the server is starting
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    t0 = time.time()
+    for i in range(0, n, 10_000):
+        fs.pipe({f"bench/flat/IMG_{k:08d}.jpg": b"x" for k in range(i, min(n, i + 10_000))})
+    print(f"[bench scale] {n:,} objects put in {time.time() - t0:.0f} s", flush=True)
+    return "s3://bench/flat", (proc, data)
+
+
 def run(
     workdir: str = "runs/bench",
     out: str | None = None,
     sizes: tuple[int, ...] = (100_000, 1_000_000),
     n: int | None = None,
+    s3: bool = False,
     decode_s_per_image: float = 0.0,
     classify_s_per_batch: float = 0.0,
 ) -> dict:
-    """The phases at each size on a local Ray of this machine's cores; the JSON has one entry per size."""
+    """The phases at each size on a local Ray of this machine's cores; the JSON has one entry per size. `s3`: the
+    inputs are `n` objects of a flat prefix on a loopback S3 server (default 200,000) instead of a manifest."""
+    import shutil
+
     from ray.cluster_utils import Cluster
 
     from skinscan.bench.common import swin_t_bundle, write_json
@@ -245,15 +286,24 @@ def run(
     work = Path(workdir).resolve() / "scale"
     model = str(swin_t_bundle(work / "tiny_swin_64", 64, kwargs=TINY))  # read for its card only
     stand_in = {"decode_s_per_image": decode_s_per_image, "classify_s_per_batch": classify_s_per_batch}
+    sizes = (n,) if n else ((200_000,) if s3 else sizes)
+    server = None
+    if s3:
+        source, server = s3_prefix(sizes[0])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count() or 2})
     try:
         env = _cluster_env(cluster.address)
         res = [
-            run_phases(env, model, str(manifest(work, k)), str(work / f"out_{k}"), k, stand_in)
-            for k in ((n,) if n else sizes)
+            run_phases(env, model, source if s3 else str(manifest(work, k)), str(work / f"out_{k}"), k, stand_in)
+            for k in sizes
         ]
     finally:
         cluster.shutdown()
+        if server is not None:
+            os.killpg(server[0].pid, signal.SIGKILL)
+            shutil.rmtree(server[1], ignore_errors=True)
+    for r in res:
+        r["source"] = "s3 prefix" if s3 else "manifest"
     _growth(res)
     write_json({"runs": res}, out)
     return {"runs": res}

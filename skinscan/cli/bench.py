@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--n", type=int, help="screen, scale, fleet: number of inputs (scale: one size instead of 100k and 1M)"
     )
+    p.add_argument(
+        "--s3", action="store_true", help="scale: a flat prefix of --n objects (200,000) on a loopback S3 server"
+    )
     p.add_argument("--batch", type=int, help="fleet: decode and classify batch (default: the H200's measured 256)")
     p.set_defaults(func=cmd_bench)
 
@@ -27,7 +30,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     module, name = ("scale", "fleet") if a.what == "fleet" else (a.what, "run")  # the fleet is scale's simulation
     run = getattr(importlib.import_module(f"skinscan.bench.{module}"), name)
-    extra = {k: v for k, v in {"images": a.images, "n": a.n, "batch": a.batch}.items() if v is not None}
+    given = {"images": a.images, "n": a.n, "batch": a.batch, "s3": a.s3 or None}
+    extra = {k: v for k, v in given.items() if v is not None}
     unknown = sorted(set(extra) - set(inspect.signature(run).parameters))
     if unknown:
         raise SystemExit(f"skinscan: error: bench {a.what} takes no --{unknown[0]}")

@@ -1,17 +1,17 @@
 """Listing the inputs of a screening run in pieces, so that no one process ever holds the whole list.
 
 `plan_units` looks only at the top of the input (cheap, on the driver) and returns listing units: each archive, each
-top-level subfolder of a folder or object-store prefix, the folder's own files, or one manifest. `iter_unit`
-lists one unit (in a Ray read task) and yields Arrow tables of `image_id`, `uri` and `key` (the 64-bit resume key of
-the URI), with `age`, `sex` and `site` where a manifest has them, `chunk_rows` at a time. Image ids are file stems,
-made unique within a unit as `read_unlabeled` does.
+top-level subfolder of a local folder and the folder's own files, one object-store prefix (listed page by page in
+its task: the driver never lists it), or one manifest. `iter_unit` lists one unit (in a Ray read task) and yields
+Arrow tables of `image_id`, `uri` and `key` (the 64-bit resume key of the URI), with `age`, `sex` and `site` where a
+manifest has them, `chunk_rows` at a time. Image ids are file stems, made unique within a unit as `read_unlabeled`
+does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,7 +43,7 @@ class Unit:
     """One piece of listing work. kind: archive (target: archive URI, prefix: folder inside it or ""), tree (a
     folder, recursively), files (a folder's own files), file (one input), manifest (a CSV/Parquet table)."""
 
-    kind: str
+    kind: str  # archive | tree | files | file | prefix | manifest
     target: str
     prefix: str = ""
     include_masks: bool = False  # list mask files (`storage.is_mask`) as inputs too
@@ -69,29 +69,17 @@ def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
 
 
 def _subfolders_and_files(uri: str, include_masks: bool = False) -> tuple[list[str], bool]:
-    """(subfolder URIs, whether the folder holds files itself). Local folders are scanned entry by entry, so a flat
+    """(subfolder paths, whether the folder holds files itself) of a local folder, scanned entry by entry, so a flat
     folder of a million files costs the driver no memory. A `masks/` subfolder is left out unless `include_masks`."""
     skip = {"__MACOSX"} if include_masks else {"__MACOSX", storage.MASK_FOLDER}
-    if "://" not in uri:
-        dirs, has_files = [], False
-        with os.scandir(uri) as it:
-            for e in it:
-                if e.is_dir():
-                    if e.name.lower() not in {s.lower() for s in skip}:  # hidden files skipped, not folders
-                        dirs.append(e.path)
-                else:
-                    has_files = True
-        return sorted(dirs), has_files
-    fs, path = fsspec.core.url_to_fs(uri)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     dirs, has_files = [], False
-    for info in fs.ls(path, detail=True):
-        name = info["name"].rstrip("/")
-        if info["type"] == "directory":
-            if posixpath.basename(name).lower() not in {s.lower() for s in skip}:
-                dirs.append(f"{protocol}://{name.lstrip('/')}")
-        else:
-            has_files = True
+    with os.scandir(uri) as it:
+        for e in it:
+            if e.is_dir():
+                if e.name.lower() not in {s.lower() for s in skip}:  # hidden files skipped, not folders
+                    dirs.append(e.path)
+            else:
+                has_files = True
     return sorted(dirs), has_files
 
 
@@ -117,10 +105,55 @@ def plan_units(uri: str, include_masks: bool = False) -> list[Unit]:
         raise DataError(f"input not found: {uri}")
     if not storage.is_dir(uri):
         return [Unit("file", uri)]
+    if "://" in uri:  # an object-store prefix: one unit, paged in its read task (a flat prefix has no subfolders)
+        return [Unit("prefix", uri, include_masks=include_masks)]
     dirs, has_files = _subfolders_and_files(uri, include_masks)
     return ([Unit("files", uri, include_masks=include_masks)] if has_files else []) + [
         Unit("tree", d, include_masks=include_masks) for d in dirs
     ]
+
+
+def _object_names(fs, root: str) -> Iterator[str]:
+    """Every object under `root` (bucket/prefix/): on S3 a page of 1,000 keys a request, yielded as it arrives;
+    other stores (GCS, Azure) through `fs.find`, in this task."""
+    if not hasattr(fs, "call_s3"):
+        yield from sorted(fs.find(root))
+        return
+    bucket, _, prefix = root.partition("/")
+    token: str | None = None
+    while True:
+        page = fs.call_s3(
+            "list_objects_v2",
+            Bucket=bucket,
+            Prefix=prefix,
+            MaxKeys=1000,
+            **({"ContinuationToken": token} if token else {}),
+            **fs.req_kw,
+        )
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):
+                yield f"{bucket}/{obj['Key']}"
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+
+
+def _iter_prefix(uri: str, chunk_rows: int, include_masks: bool) -> Iterator[pa.Table]:
+    """An object-store prefix, recursively, `chunk_rows` objects a table as the pages arrive: the task holds one
+    chunk of names (and the ids seen so far, to keep them unique), never the whole listing."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    root = path.rstrip("/") + "/"
+    seen: dict[str, int] = {}
+    uris: list[str] = []
+    for name in _object_names(fs, root):
+        if storage.keep_listed(name, include_masks, name[len(root) :]):
+            uris.append(f"{protocol}://{name}")
+        if len(uris) == chunk_rows:
+            yield _table(unique_ids(uris, seen), uris)
+            uris = []
+    if uris:
+        yield _table(unique_ids(uris, seen), uris)
 
 
 def _table(ids: list[str], uris: list[str], meta: dict[str, list] | None = None) -> pa.Table:
@@ -195,6 +228,9 @@ def iter_unit(unit: Unit, chunk_rows: int = 4096) -> Iterator[pa.Table]:
     """List one unit, `chunk_rows` inputs per table."""
     if unit.kind == "manifest":
         yield from _iter_manifest(unit.target, chunk_rows)
+        return
+    if unit.kind == "prefix":
+        yield from _iter_prefix(unit.target, chunk_rows, unit.include_masks)
         return
     if unit.kind == "file":
         uris = [unit.target]

@@ -142,6 +142,11 @@ def is_mask(relative_name: str) -> bool:
     return parts[-1].endswith(MASK_SUFFIXES) or MASK_FOLDER in parts[:-1]
 
 
+def keep_listed(name: str, include_masks: bool, relative: str) -> bool:
+    """Whether a listed file is an input (not hidden, a sidecar or, unless `include_masks`, a mask)."""
+    return _keep(name, False, include_masks, relative)
+
+
 def _keep(name: str, include_sidecars: bool, include_masks: bool = True, relative: str = "") -> bool:
     base = posixpath.basename(name)
     if not base or base.startswith(".") or "__MACOSX" in name:

@@ -1,6 +1,10 @@
 """The inputs of a screening run as a Ray Data source: the driver plans the listing units (`plan_units`, which
 reads only the top of the input) and each unit is listed in its own read task, so the list of inputs lives in the
-object store, in blocks of `chunk_rows`, and never in the driver."""
+object store and never in the driver.
+
+Screening consumes the listing as it streams (`stream_inputs`): the first images are decoded while the read tasks
+are still paging through a prefix. The counts at the end need every input's key, so a second, materialized listing
+(`list_inputs` in `pipeline`) runs beside it; listing is cheap next to screening (docs/capacity.md)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,13 @@ from ray.data.datasource import Datasource, ReadTask
 
 from skinscan.data.listing import LISTING_SCHEMA, Unit, iter_unit, plan_units
 
+LISTING_CPUS = 0.0
+"""Listing is I/O (archive directories, folder scans, object-store pages) and its tasks run inside the pipeline now:
+with a CPU share of their own they would wait forever once the actor pools hold every CPU (a stalled run, seen)."""
+
 
 class InputSource(Datasource):
-    """One read task per listing unit (archive, subfolder, manifest), each yielding blocks of `chunk_rows`."""
+    """One read task per listing unit (archive, subfolder, prefix, manifest), each yielding blocks of `chunk_rows`."""
 
     def __init__(self, units: list[Unit], chunk_rows: int):
         self.units, self.chunk_rows = units, chunk_rows
@@ -30,14 +38,32 @@ class InputSource(Datasource):
 
 
 def read_inputs(uri: str, chunk_rows: int, runtime_env: dict | None = None, units: list[Unit] | None = None):
-    """A lazy Dataset of (image_id, uri, key) over every input of `uri`, in blocks of `chunk_rows` (a read task's
-    output would otherwise be merged into one large block)."""
+    """A lazy Dataset of (image_id, uri, key, age, sex, site) over every input of `uri`, one read task per unit
+    (Ray Data merges a task's chunks into large blocks: what a task holding all keys wants)."""
     import ray
 
     units = units if units is not None else plan_units(uri)
     return ray.data.read_datasource(
         InputSource(units, chunk_rows),
         override_num_blocks=max(1, len(units)),
-        num_cpus=0.25,  # listing is I/O: archive directories, folder scans, object-store pages
+        num_cpus=LISTING_CPUS,
         **({"runtime_env": runtime_env} if runtime_env else {}),
-    ).repartition(target_num_rows_per_block=chunk_rows)
+    )
+
+
+def _keep_all(batch):
+    return batch
+
+
+def stream_inputs(inputs, block_rows: int, fn=None, fn_kwargs: dict | None = None, runtime_env: dict | None = None):
+    """`inputs` (a `read_inputs` Dataset) through `fn` (a per-block filter such as the resume index), in blocks of
+    `block_rows`, so that each decode task takes one block and many run at once.
+
+    The re-blocking is a streaming repartition fused into the read task: its operator otherwise asks for a whole CPU
+    per task, and once the actor pools hold every CPU it never gets one (a stalled run, seen on 2 cores).
+    `map_batches` without a batch size is what lets Ray fuse it (tested in tests/test_listing.py)."""
+    remote = {"num_cpus": LISTING_CPUS, **({"runtime_env": runtime_env} if runtime_env else {})}
+    ds = inputs.map_batches(fn or _keep_all, batch_size=None, batch_format="numpy", fn_kwargs=fn_kwargs, **remote)
+    ds = ds.repartition(target_num_rows_per_block=block_rows)
+    ds._logical_plan.dag.ray_remote_args.update(remote)  # the StreamingRepartition op: same resources, so it fuses
+    return ds

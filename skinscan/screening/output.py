@@ -6,8 +6,9 @@ OUTPUT/summary.json           the latest run that screened rows (a no-op rerun l
 OUTPUT/summaries.jsonl        one line per run, appended
 
 A rerun whose maker differs from the output's (another model, segmenter, backend, explanation policy, flag rule,
-calibration or schema) is refused before anything runs, naming what differs: one output, one kind of row, unless
-the user passes `force_mixed` (every row records its model, backend and rule, so mixed rows stay readable)."""
+calibration, schema, precision, decoder, input limits or exported engine) is refused before anything runs, naming
+what differs: one output, one kind of row, unless the user passes `force_mixed` (every row records its model,
+backend and rule, so mixed rows stay readable)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,43 @@ def maker(cfg: ScreenConfig) -> dict:
         "temperature": card.temperature,
         "crop_to_lesion": cfg.crop_to_lesion,
         "thumbnails": cfg.thumbnails,
-        **({"precision": cfg.precision} if cfg.precision != "fp32" else {}),  # fp32 outputs made before match
+        "precision": cfg.precision,
+        "gpu_decode": cfg.gpu_decode,  # nvJPEG's pixels are not Pillow's
+        "max_pixels": cfg.max_pixels,  # which inputs become error rows
+        "max_input_bytes": cfg.max_input_bytes,
+        "export_sha256": _export_sha256(cfg, card),
     }
+
+
+def _export_sha256(cfg: ScreenConfig, card) -> str | None:
+    """The sha256 of the ONNX file or TensorRT engine the backend loads (None for torch, whose weights are in
+    the maker already, and for an ONNX file not exported yet)."""
+    suffix = "_fp16" if cfg.precision == "fp16" else ""
+    key = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}.get(cfg.backend)
+    entry = card.exports.get(key + suffix) if key else None
+    return entry.sha256 if entry else None
+
+
+def _default(name: str):
+    return ScreenConfig.model_fields[name].default
+
+
+MAKER_DEFAULTS = {
+    **{k: _default(k) for k in ("precision", "gpu_decode", "max_pixels", "max_input_bytes")},
+    "export_sha256": None,
+}
+"""Settings makers record since outputs began to record these: an older output's maker, which lacks them, is read
+with their defaults. `export_sha256` None (not recorded, not exported yet) matches any."""
+
+
+def differences(old: dict, new: dict) -> dict[str, tuple]:
+    """Per setting that differs between two makers: (old, new)."""
+    diff = {}
+    for k in [*new, *(k for k in old if k not in new)]:
+        a, b = old.get(k, MAKER_DEFAULTS.get(k)), new.get(k, MAKER_DEFAULTS.get(k))
+        if a != b and not (k == "export_sha256" and (a is None or b is None)):
+            diff[k] = (a, b)
+    return diff
 
 
 def _path(output: str, name: str) -> str:
@@ -94,16 +130,18 @@ def check_and_record(cfg: ScreenConfig, has_rows: bool, force_mixed: bool = Fals
             f"{cfg.output} holds results without {META} (written before outputs recorded what made them): use "
             "another output, or --force-mixed to add rows to it"
         )
-    makers = (meta or {}).get("makers", []) if has_rows else []
-    if makers and this not in makers and not force_mixed:
-        last = makers[-1]
-        diff = "; ".join(f"{k}: {last.get(k)!r} -> {v!r}" for k, v in this.items() if last.get(k) != v)
+    makers = list((meta or {}).get("makers", [])) if has_rows else []
+    same = next((i for i, m in enumerate(makers) if not differences(m, this)), None)
+    if makers and same is None and not force_mixed:
+        diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differences(makers[-1], this).items())
         raise ConfigError(
             f"{cfg.output} holds rows made otherwise ({diff}): use another output, or --force-mixed to add rows "
             "of this configuration (each row records its model, backend and flag rule)"
         )
-    if this not in makers:
-        makers = [*makers, this]
+    if same is None:
+        makers.append(this)
+    else:  # the same maker, now with every setting recorded (an older output's, or an export made since)
+        makers[same] = {**makers[same], **{k: v for k, v in this.items() if v is not None or k not in makers[same]}}
     record = {"schema_version": SCHEMA_VERSION, "makers": makers, "mixed": len(makers) > 1}
     if record != meta:
         storage.write_bytes(_path(cfg.output, META), json.dumps(record, indent=2).encode())

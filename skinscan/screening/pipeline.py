@@ -2,7 +2,8 @@
 tasks; segmentation and classification actors; write tasks), summarise from the written Parquet.
 
 The workers write the results: the driver receives one small row of counts per Parquet part, for the progress bar
-and the summary, never the result rows themselves."""
+and the summary, never the result rows themselves. Screening starts as soon as the read tasks list the first
+inputs; the resume index and the counts come from `partindex` scans in parallel tasks, each part read once a run."""
 
 from __future__ import annotations
 
@@ -15,18 +16,10 @@ from skinscan.config import ScreenConfig
 from skinscan.data.listing import in_sorted
 from skinscan.errors import ConfigError, DataError, SkinScanError
 from skinscan.ray_connect import connect, quiet_stderr, starts_local_ray
+from skinscan.screening import partindex
 from skinscan.screening.lease import OutputLease
 from skinscan.screening.output import check_and_record, check_writable, record_summary
-from skinscan.screening.writer import (
-    TRANSIENT_ERRORS,
-    done_keys,
-    drop_transient_errors,
-    list_parts,
-    prune_stale,
-    read_results,
-    uri_keys,
-    write_batch,
-)
+from skinscan.screening.writer import TRANSIENT_ERRORS, drop_transient_errors, list_parts, prune_stale, write_batch
 
 WRITE_CPUS = 0.25  # a write task converts and uploads one part: mostly I/O
 
@@ -67,43 +60,6 @@ def _prepare_onnx(cfg: ScreenConfig) -> None:
         ensure_onnx(bundle, fp16=cfg.precision == "fp16")
 
 
-def count_results(output: str, input_keys: np.ndarray | None = None) -> dict:
-    """Counts over everything written so far, matched by URI against `input_keys` (the inputs' resume keys) when
-    given: inputs without a row (missing) and rows whose input is no longer listed (stale, named, never fatal).
-    Reads only light columns; `screen` runs it as a Ray task, so no result row reaches the driver."""
-    t = read_results(output, ["uri", "status", "error_type", "predicted_class", "flagged", "metadata_used"]).to_pandas()
-    dup = int(t["uri"].duplicated().sum())
-    ok = t[t["status"] == "ok"]
-    counts = {
-        "rows": int(len(t)),
-        "inputs": None,
-        "duplicates": dup,
-        "complete": dup == 0,
-        "ok": int(len(ok)),
-        "errors": int((t["status"] != "ok").sum()),
-        "errors_by_type": {k: int(v) for k, v in t["error_type"].dropna().value_counts().items()},
-        "per_class": {k: int(v) for k, v in ok["predicted_class"].value_counts().items()},
-        "flagged": int(ok["flagged"].sum()),
-        "metadata_used": int((ok["metadata_used"] == True).sum()),  # noqa: E712 - null in older parts
-    }
-    if input_keys is not None:
-        inputs = np.unique(input_keys)
-        written = uri_keys(t["uri"].tolist())
-        listed = np.isin(written, inputs)
-        stale = t["uri"][~listed].drop_duplicates()
-        missing = len(inputs) - len(np.unique(written[listed]))
-        counts.update(
-            {
-                "inputs": int(len(inputs)),
-                "missing": int(missing),
-                "stale": int(len(stale)),
-                "stale_examples": stale.head(3).tolist(),
-                "complete": missing == 0 and dup == 0,
-            }
-        )
-    return counts
-
-
 def summarize(
     output: str,
     wall_s: float | None = None,
@@ -111,10 +67,10 @@ def summarize(
     counts: dict | None = None,
     arrivals: list[tuple[float, int]] | None = None,
 ) -> dict:
-    """`counts` (or `count_results(output)`), plus, with `wall_s`, this run's rate. `arrivals`: (seconds since start,
-    rows so far) per part written; gives the start-up time (until the first rows) and the steady rate (over the
-    rows after the first 10%, so neither start-up nor the first burst of already-queued work counts)."""
-    summary = dict(counts) if counts is not None else count_results(output)
+    """`counts` (or `partindex.count_results(output)`), plus, with `wall_s`, this run's rate. `arrivals`: (seconds
+    since start, rows so far) per part written; gives the start-up time (until the first rows) and the steady rate
+    (over the rows after the first 10%, so neither start-up nor the first burst of already-queued work counts)."""
+    summary = dict(counts) if counts is not None else partindex.count_results(output)
     if wall_s is not None:
         summary.update(
             {
@@ -143,10 +99,13 @@ def steady_rate(arrivals: list[tuple[float, int]], skip: float = 0.1) -> float |
 _DONE: dict[str, np.ndarray] = {}  # per worker process: the resume index, fetched once
 
 
-def drop_done(batch: dict, done) -> dict:
-    """Read-task filter: drop inputs already written (`done`: an ObjectRef of the sorted keys of written URIs)."""
+def drop_done(batch: dict, done=None) -> dict:
+    """Read-task filter: drop inputs already written (`done`: an ObjectRef of the sorted keys of written URIs;
+    None on a first run)."""
     import ray
 
+    if done is None:
+        return batch
     key = done.hex()
     if key not in _DONE:
         _DONE.clear()
@@ -155,29 +114,39 @@ def drop_done(batch: dict, done) -> dict:
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
 
-def _input_keys(refs: list) -> np.ndarray:
-    """The `key` column of the listing blocks (ObjectRefs of Arrow tables), inside a Ray task."""
-    import ray
-
-    tables = ray.get(refs)
+def _input_keys(*tables) -> np.ndarray:
+    """Sorted unique keys of the listing's blocks (Arrow tables): what counting and pruning match against."""
     keys = [np.asarray(t.column("key"), np.uint64) for t in tables]
-    return np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
 
 
-def _done_task(output: str, refs: list) -> tuple[np.ndarray, int, list[str]]:
-    return done_keys(output, _input_keys(refs))
+def _listed_done(inputs: np.ndarray, done: np.ndarray) -> int:
+    """How many of the listed inputs are already written (stale rows left out)."""
+    return int(in_sorted(inputs, done).sum())
 
 
-def _count_task(output: str, refs: list) -> dict:
-    return count_results(output, _input_keys(refs))
+def _scan_task(output: str, parts: list[str]) -> dict:
+    return partindex.scan(output, parts, set_aside=True)
 
 
-def _prune_task(output: str, refs: list) -> dict:
-    return prune_stale(output, _input_keys(refs))
+def _counts_task(output: str, inputs: np.ndarray | None, *scans: dict) -> dict:
+    return partindex.merge_counts(list(scans), inputs, output)
 
 
-def _retry_task(output: str) -> dict:
-    return drop_transient_errors(output)
+def _prune_task(output: str, parts: list[str], inputs: np.ndarray) -> dict:
+    return prune_stale(output, inputs, parts)
+
+
+def _retry_task(output: str, parts: list[str]) -> dict:
+    return drop_transient_errors(output, parts)
+
+
+def _sum_drops(results: list[dict]) -> dict:
+    return {
+        "rows": sum(r["rows"] for r in results),
+        "parts": sum(r["parts"] for r in results),
+        "examples": [e for r in results for e in r["examples"]][:3],
+    }
 
 
 def explain_in_pool(cfg: ScreenConfig) -> bool:
@@ -201,23 +170,22 @@ def _folder_root(uri: str) -> str | None:
 
 
 def build_dataset(cfg: ScreenConfig, inputs, done=None, stand_in=None):
-    """The Ray Data pipeline over `inputs` (a Dataset of image_id, uri, key), minus those in `done` (lazy; nothing
-    runs until iterated); its output is one row of counts per Parquet part the write tasks wrote. `stand_in`
+    """The Ray Data pipeline over `inputs` (`read_inputs`: the listing, streamed), minus those in `done` (lazy;
+    nothing runs until iterated); its output is one row of counts per Parquet part the write tasks wrote. `stand_in`
     (`screening.standin.StandIn`, capacity work only): decode and classify sleep instead, no other model stage."""
     import ray
 
     from skinscan.data.storage import storage_env
     from skinscan.models.bundle import read_card
+    from skinscan.screening.inputs import stream_inputs
     from skinscan.screening.stages import ClassifyStage, ExplainStage, SegmentStage, decode_batch
 
     cls_size = read_card(cfg.model).input_size
     seg_size = read_card(cfg.segmenter).input_size if cfg.segmenter else 0
     work = max(cls_size, seg_size) * (2 if cfg.crop_to_lesion else 1)
-    ds = inputs
     env = storage_env()
     remote = {"runtime_env": {"env_vars": env}} if env else {}
-    if done is not None:
-        ds = ds.map_batches(drop_done, batch_format="numpy", fn_kwargs={"done": done}, num_cpus=cfg.decode.num_cpus)
+    ds = stream_inputs(inputs, cfg.decode.batch_size, drop_done, {"done": done}, remote.get("runtime_env"))
     decode_kwargs = {
         "work_size": work,
         "thumb_size": cfg.thumbnail_size if cfg.thumbnails != "none" else 0,
@@ -409,34 +377,54 @@ def _check_output_reachable(cfg: ScreenConfig) -> None:
 
 
 LISTING_BLOCK_ROWS = 8192
-"""Inputs per listing block of a large run. The driver owns the listing, and Ray keeps a block under its inline limit
-(100 KB) in the owner's heap: at 512 rows a block, the driver's memory grew with the archive (1.41x from 100,000 to
-1,000,000 inputs, docs/capacity.md); blocks of 8,192 (~0.6 MB) live in the object store. A decode task takes whole
-blocks, so a run of fewer than `PARALLEL_BLOCKS` such blocks is listed in decode batches instead (its small blocks
-cost the driver little)."""
-PARALLEL_BLOCKS = 64
+"""Inputs per table a listing task yields for the materialized listing (the counts' keys, the progress total): Ray
+merges a task's tables into blocks of up to 128 MB, which live in the object store, not the driver's heap."""
 
 
 def list_inputs(cfg: ScreenConfig, units: list) -> tuple[int, list]:
     """Every input, listed in read tasks into the object store: (how many, ObjectRefs of their Arrow blocks)."""
-    from skinscan.data.storage import storage_env
     from skinscan.screening.inputs import read_inputs
 
+    listing = read_inputs(cfg.input, LISTING_BLOCK_ROWS, _runtime_env(), units).materialize()
+    return listing.count(), listing.to_arrow_refs()  # ObjectRefs only: the list itself stays in the object store
+
+
+def _runtime_env() -> dict | None:
+    from skinscan.data.storage import storage_env
+
     env = storage_env()
-    runtime_env = {"env_vars": env} if env else None
-    listing = read_inputs(cfg.input, LISTING_BLOCK_ROWS, runtime_env, units).materialize()
-    n = listing.count()
-    if n < PARALLEL_BLOCKS * LISTING_BLOCK_ROWS and cfg.decode.batch_size < LISTING_BLOCK_ROWS:
-        # before any actor pool holds a CPU: a repartition then could wait for one forever
-        listing = listing.repartition(target_num_rows_per_block=cfg.decode.batch_size).materialize()
-    return n, listing.to_arrow_refs()  # ObjectRefs only: the list itself stays in the object store
+    return {"env_vars": env} if env else None
+
+
+def _rewrite_in_groups(cfg: ScreenConfig, fn, *args) -> dict:
+    """`--retry-errors` and `--prune-stale`: `fn` over groups of parts, in parallel tasks."""
+    import ray
+
+    from skinscan.data.storage import storage_env
+
+    task = _task(fn, storage_env())
+    return _sum_drops(ray.get([task.remote(cfg.output, g, *args) for g in partindex.groups(list_parts(cfg.output))]))
+
+
+def count_in_tasks(output: str, inputs=None) -> dict:
+    """Every part scanned in parallel tasks, then counted against `inputs` (an ObjectRef of sorted listing keys)."""
+    import ray
+
+    from skinscan.data.storage import storage_env
+
+    env = storage_env()
+    scans = [_task(_scan_task, env).remote(output, g) for g in partindex.groups(list_parts(output))]
+    return ray.get(_task(_counts_task, env).remote(output, inputs, *scans))
 
 
 def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_in=None) -> dict:
     """`screen` once the output's lease is held."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import ray
 
     from skinscan.data.storage import storage_env
+    from skinscan.screening.inputs import read_inputs
 
     try:
         earlier = bool(list_parts(cfg.output))
@@ -453,23 +441,37 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     ctx.execution_options.preserve_order = False
-    n_inputs, refs = list_inputs(cfg, units)
-    if n_inputs == 0:
-        raise DataError(f"{cfg.input}: no input files")
-    inputs = ray.data.from_arrow_refs(refs)  # one block per chunk (a read task's blocks would travel as one bundle)
-    if earlier and cfg.prune_stale:  # in a task, like the resume index: the driver reads no result rows
-        pruned = ray.get(_task(_prune_task, env).remote(cfg.output, refs))
+    # the materialized listing (for the total and the final counts) runs beside the screening, which streams its own
+    lister = ThreadPoolExecutor(1, thread_name_prefix="skinscan-listing")
+    listed = lister.submit(list_inputs, cfg, units)
+    listed.add_done_callback(lambda _: listing_s.append(round(time.time() - t_list, 1)))
+    listing_s: list[float] = []  # when the listing ended, for the summary: screening starts before it does
+    inputs_ref = None
+
+    def input_keys():
+        nonlocal inputs_ref
+        if inputs_ref is None:
+            n, refs = listed.result()
+            if n == 0:
+                raise DataError(f"{cfg.input}: no input files")
+            inputs_ref = _task(_input_keys, env).remote(*refs)  # sorted unique keys, in the object store
+        return inputs_ref
+
+    if earlier and cfg.retry_errors:  # transient error rows go; the resume index then counts them as to do
+        retried = _rewrite_in_groups(cfg, _retry_task)
+        print(f"[screen] {retried['rows']} rows with a transient error ({', '.join(TRANSIENT_ERRORS)}) to screen again")
+    if earlier and cfg.prune_stale:  # needs the whole listing first
+        pruned = _rewrite_in_groups(cfg, _prune_task, input_keys())
         print(
             f"[screen] pruned {pruned['rows']} stale rows from {pruned['parts']} parts"
             + (f" (e.g. {', '.join(pruned['examples'])})" if pruned["examples"] else ""),
             flush=True,
         )
-    if earlier and cfg.retry_errors:  # transient error rows go; the resume index then counts them as to do
-        retried = ray.get(_task(_retry_task, env).remote(cfg.output))
-        print(f"[screen] {retried['rows']} rows with a transient error ({', '.join(TRANSIENT_ERRORS)}) to screen again")
+    before = list_parts(cfg.output) if earlier else []
+    scans = [_task(_scan_task, env).remote(cfg.output, g) for g in partindex.groups(before)]
     done, n_done = None, 0
-    if earlier:  # the resume index is built in a task and reaches the read tasks through the object store
-        done, n_done_ref, aside_ref = _task(_done_task, env, num_returns=3).remote(cfg.output, refs)
+    if scans:  # the resume index: built in a task, it reaches the read tasks through the object store
+        done, n_done_ref, aside_ref = _task(partindex.merge_done, env, num_returns=3).remote(*scans)
         n_done, aside = ray.get([n_done_ref, aside_ref])
         if aside:
             print(
@@ -477,18 +479,23 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
                 f"(e.g. {aside[0]}): their inputs are screened again",
                 flush=True,
             )
-    print(
-        f"[screen] {n_inputs} inputs listed in {time.time() - t_list:.1f}s ({len(units)} listing tasks); "
-        f"{n_done} already written, {n_inputs - n_done} to do",
-        flush=True,
-    )
+    n_inputs, to_do = None, True
+    if earlier:  # a rerun waits for the listing: it says what is left, and starts no model when nothing is
+        n_inputs = listed.result()[0]
+        n_done = ray.get(_task(_listed_done, env).remote(input_keys(), done)) if done is not None else 0
+        to_do = n_done < n_inputs
+        print(
+            f"[screen] {n_inputs} inputs listed in {time.time() - t_list:.1f}s ({len(units)} listing tasks); "
+            f"{n_done} already written, {n_inputs - n_done} to do",
+            flush=True,
+        )
     t0 = time.time()
     arrivals: list[tuple[float, int]] = []  # (seconds since t0, rows written so far)
     written, interrupted = 0, False
-    if n_done < n_inputs:
+    if to_do:
         if stand_in is None:
             _prepare_onnx(cfg)
-        ds = build_dataset(cfg, inputs, done, stand_in)
+        ds = build_dataset(cfg, read_inputs(cfg.input, LISTING_BLOCK_ROWS, _runtime_env(), units), done, stand_in)
         # Ray's own lines during the run (actor notices, executor logs) go to the session's log, the bar to the user
         with quiet_stderr() as terminal:
             bar = tqdm(
@@ -502,6 +509,8 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
             try:
                 for n in rows_written(ds):
                     written += n
+                    if bar.total is None and listed.done() and not listed.exception():
+                        bar.total = listed.result()[0]  # a first run streams: the share done shows once listed
                     bar.update(n)
                     arrivals.append((time.time() - t0, written))
             except KeyboardInterrupt:
@@ -509,7 +518,14 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
             finally:
                 bar.close()
     wall = time.time() - t0
-    counts = ray.get(_task(_count_task, env).remote(cfg.output, refs))
+    lister.shutdown(wait=not interrupted, cancel_futures=True)
+    if not earlier and not interrupted:
+        n_inputs = listed.result()[0]
+        print(f"[screen] {n_inputs} inputs, listed in {len(units)} listing tasks beside the screening", flush=True)
+    after = [p for p in list_parts(cfg.output) if p not in set(before)]  # the parts this run wrote
+    scans += [_task(_scan_task, env).remote(cfg.output, g) for g in partindex.groups(after)]
+    inputs = None if interrupted else input_keys()  # an interrupted listing: counts without matching against it
+    counts = ray.get(_task(_counts_task, env).remote(cfg.output, inputs, *scans))
     summary = summarize(cfg.output, wall, written, counts, arrivals)
     summary.update(
         {
@@ -518,6 +534,7 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
             "backend": cfg.backend,
             "explain": cfg.explain,
             "interrupted": interrupted,
+            "listing_s": listing_s[0] if listing_s else None,
             "flag": flag_summary(cfg),
         }
     )

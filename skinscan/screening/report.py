@@ -152,7 +152,7 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
     import pyarrow.compute as pc
 
     from skinscan.screening.output import read_summary
-    from skinscan.screening.pipeline import count_results
+    from skinscan.screening.partindex import count_results
 
     t = read_results(output, REPORT_COLUMNS)  # every row, no images, in Arrow: pandas gets only the rows shown
     s = count_results(output)

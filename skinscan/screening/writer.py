@@ -2,8 +2,9 @@
 
 Each part is written atomically (temporary file + rename locally, a single PUT on object stores), so a killed run
 leaves only complete parts behind, and is named after the inputs it holds (`part_name`): a task that Ray retries
-writes the same file again instead of a second copy. Resuming reads only the `uri` column, in a Ray task
-(`done_keys`), and the inputs are filtered against it in the read tasks: no result row passes through the driver.
+writes the same file again instead of a second copy. Resuming and counting read only light columns, in Ray tasks
+(`partindex`), and the inputs are filtered against the resume index in the read tasks: no result row passes
+through the driver.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def _fs(output: str):
 
 
 def list_parts(output: str) -> list[str]:
+    """Every part now: the filesystem's listing cache (s3fs keeps one per process) is dropped first, so a count
+    after a run sees the parts its workers wrote."""
     fs, root = _fs(output)
+    fs.invalidate_cache(root)
     if not fs.exists(root):
         return []
     return sorted(
@@ -113,17 +117,19 @@ def read_results(
     columns: list[str] | None = None,
     uris: list[str] | None = None,
     aside: list[str] | None = None,
+    parts: list[str] | None = None,
 ) -> pa.Table:
     """Rows written so far: any subset of columns, and only the rows of `uris` when given (pushed down to the
     Parquet reader, so the other rows' images are never read). Parts of older schema versions read with the missing
     columns null. An unreadable part is skipped with a warning, or, with `aside` (runs that hold the output's lease),
-    set aside (`set_aside`, its name appended to `aside`) so that its inputs are screened again."""
+    set aside (`set_aside`, its name appended to `aside`) so that its inputs are screened again. `parts`: only
+    these (paths as `list_parts` gives them)."""
     import sys
 
     import pyarrow.dataset as pads
 
     fs, _ = _fs(output)
-    parts = list_parts(output)
+    parts = list_parts(output) if parts is None else parts
     empty = SCHEMA.empty_table()
     if not parts:
         return empty.select(columns) if columns else empty
@@ -144,17 +150,6 @@ def read_results(
             else:
                 aside.append(set_aside(output, part, str(err)))
     return pa.concat_tables(tables) if tables else (empty.select(columns) if columns else empty)
-
-
-def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.ndarray, int, list[str]]:
-    """(sorted keys of every URI already written, how many of `input_keys` are among them, parts set aside as
-    unreadable). Runs as a Ray task, so the written URIs are read where the task runs and travel to the read tasks
-    through the object store."""
-    aside: list[str] = []
-    done = np.unique(uri_keys(read_results(output, ["uri"], aside=aside).column("uri").to_pylist()))
-    if input_keys is None:
-        return done, len(done), aside
-    return done, int(in_sorted(input_keys, done).sum()), aside
 
 
 def part_name(uris) -> str:
@@ -220,14 +215,15 @@ TRANSIENT_ERRORS = ("read_error",)
 """Row errors worth another try (a read that failed or timed out); bytes that did not decode stay errors."""
 
 
-def drop_rows(output: str, columns: list[str], drop) -> dict:
+def drop_rows(output: str, columns: list[str], drop, parts: list[str] | None = None) -> dict:
     """Remove the rows for which `drop(table of columns) -> bool mask` holds, rewriting only the parts that hold
     them: the kept rows go to a new part (named after them, written atomically) before the old part is deleted, so
     an interruption can leave a kept row twice (reported as a duplicate; running again fixes it) but never loses
-    one. A removed row's input counts as not written: the next run screens it again."""
+    one. A removed row's input counts as not written: the next run screens it again. `parts`: only these (a
+    scan task's group)."""
     fs, _ = _fs(output)
-    rows, parts, examples = 0, 0, []
-    for part in list_parts(output):
+    rows, rewritten, examples = 0, 0, []
+    for part in list_parts(output) if parts is None else parts:
         try:
             t = _read_part(fs, part, ["uri", *columns])
         except Unreadable as err:  # set aside (its inputs are screened again)
@@ -246,17 +242,17 @@ def drop_rows(output: str, columns: list[str], drop) -> dict:
         if kept.num_rows:
             write_part(output, kept)
         fs.rm(part)
-        rows, parts = rows + int(gone.sum()), parts + 1
-    return {"rows": rows, "parts": parts, "examples": examples}
+        rows, rewritten = rows + int(gone.sum()), rewritten + 1
+    return {"rows": rows, "parts": rewritten, "examples": examples}
 
 
-def prune_stale(output: str, input_keys: np.ndarray) -> dict:
+def prune_stale(output: str, input_keys: np.ndarray, parts: list[str] | None = None) -> dict:
     """Remove the rows whose input is no longer listed (`drop_rows`)."""
     inputs = np.unique(np.asarray(input_keys, np.uint64))
-    return drop_rows(output, [], lambda t: ~in_sorted(uri_keys(t.column("uri").to_pylist()), inputs))
+    return drop_rows(output, [], lambda t: ~in_sorted(uri_keys(t.column("uri").to_pylist()), inputs), parts)
 
 
-def drop_transient_errors(output: str) -> dict:
+def drop_transient_errors(output: str, parts: list[str] | None = None) -> dict:
     """Remove the error rows whose error was transient (`TRANSIENT_ERRORS`), so that this run screens them again."""
     import pyarrow.compute as pc
 
@@ -264,4 +260,4 @@ def drop_transient_errors(output: str) -> dict:
         hit = pc.is_in(t.column("error_type"), pa.array(TRANSIENT_ERRORS, pa.string()))
         return pc.and_(pc.equal(t.column("status"), "error"), pc.fill_null(hit, False)).to_numpy(zero_copy_only=False)
 
-    return drop_rows(output, ["status", "error_type"], transient)
+    return drop_rows(output, ["status", "error_type"], transient, parts)

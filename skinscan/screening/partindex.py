@@ -1,0 +1,120 @@
+"""What an output's parts hold, read once per run in parallel tasks: the resume index and the counts.
+
+`scan` reads the light columns of a group of parts and returns their written keys and counts (a few hundred KB per
+group). A run scans the parts already there when it starts (`merge_done` turns the groups into the resume index)
+and, at the end, only the parts it wrote: with the groups from the start, `merge_counts` gives the summary. So every
+part is read once per run, in `PARTS_PER_SCAN`-part tasks running side by side, and the driver holds only
+ObjectRefs and part names. Pure functions: the Ray tasks in `pipeline` call them, and so can tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from skinscan.data.listing import in_sorted, uri_keys
+from skinscan.screening.writer import list_parts, read_results
+
+PARTS_PER_SCAN = 64
+"""Parts per scan task: 16,384 rows at the default 256 rows a part, a fraction of a second locally, a few seconds
+on an object store (one GET per part, the task's reads in parallel)."""
+COUNT_COLUMNS = ["uri", "status", "error_type", "predicted_class", "flagged", "metadata_used"]
+
+
+def scan(output: str, parts: list[str], set_aside: bool = False) -> dict:
+    """Keys (one per row, duplicates kept) and counts of `parts`. Unreadable parts are set aside (`set_aside`, for
+    runs that hold the output's lease; their names in "aside") or skipped with a warning."""
+    aside: list[str] | None = [] if set_aside else None
+    t = read_results(output, COUNT_COLUMNS, aside=aside, parts=parts)
+    status = np.asarray(t.column("status").to_numpy(zero_copy_only=False), object)
+    ok = status == "ok"
+    classes = np.asarray(t.column("predicted_class").to_numpy(zero_copy_only=False), object)[ok]
+    flagged = t.column("flagged").to_numpy(zero_copy_only=False)[ok]
+    used = t.column("metadata_used").to_numpy(zero_copy_only=False)[ok]  # null in parts older than the column
+    errors = [e for e in t.column("error_type").to_pylist() if e is not None]
+    return {
+        "aside": aside or [],
+        "keys": uri_keys(t.column("uri").to_pylist()),
+        "rows": t.num_rows,
+        "ok": int(ok.sum()),
+        "errors": int((~ok).sum()),
+        "errors_by_type": dict(Counter(errors)),
+        "per_class": dict(Counter(c for c in classes if c is not None)),
+        "flagged": int(sum(bool(f) for f in flagged if f is not None)),
+        "metadata_used": int(sum(u is True for u in used)),
+    }
+
+
+def groups(parts: list[str], size: int = PARTS_PER_SCAN) -> list[list[str]]:
+    return [parts[i : i + size] for i in range(0, len(parts), size)]
+
+
+def merge_done(*scans: dict) -> tuple[np.ndarray, int, list[str]]:
+    """(sorted unique keys of every written input, how many, the parts set aside): the resume index."""
+    keys = [s["keys"] for s in scans]
+    done = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+    return done, len(done), [a for s in scans for a in s["aside"]]
+
+
+def merge_counts(scans: list[dict], input_keys: np.ndarray | None = None, output: str | None = None) -> dict:
+    """The summary's counts from scans that together cover every part once, matched against `input_keys` (the
+    listing's) when given: inputs without a row (missing) and rows whose input is no longer listed (stale; up to 3
+    named, found by reading `output`'s URIs again only when there are any)."""
+    written = np.concatenate([s["keys"] for s in scans]) if scans else np.zeros(0, np.uint64)
+    unique = np.unique(written)
+    dup = int(len(written) - len(unique))
+    per_class: Counter = Counter()
+    errors: Counter = Counter()
+    for s in scans:
+        per_class.update(s["per_class"])
+        errors.update(s["errors_by_type"])
+    counts = {
+        "rows": int(len(written)),
+        "inputs": None,
+        "duplicates": dup,
+        "complete": dup == 0,
+        "ok": sum(s["ok"] for s in scans),
+        "errors": sum(s["errors"] for s in scans),
+        "errors_by_type": dict(errors.most_common()),
+        "per_class": dict(per_class.most_common()),
+        "flagged": sum(s["flagged"] for s in scans),
+        "metadata_used": sum(s["metadata_used"] for s in scans),
+    }
+    if input_keys is not None:
+        inputs = np.unique(np.asarray(input_keys, np.uint64))
+        listed = in_sorted(unique, inputs)
+        stale = unique[~listed]
+        missing = len(inputs) - int(listed.sum())
+        counts.update(
+            {
+                "inputs": int(len(inputs)),
+                "missing": int(missing),
+                "stale": int(len(stale)),
+                "stale_examples": stale_examples(output, stale) if output and len(stale) else [],
+                "complete": missing == 0 and dup == 0,
+            }
+        )
+    return counts
+
+
+def stale_examples(output: str, stale: np.ndarray, k: int = 3) -> list[str]:
+    """Up to `k` URIs of rows whose key is in `stale` (sorted), reading the parts' URIs in order until found."""
+    found: list[str] = []
+    for group in groups(list_parts(output)):
+        uris = read_results(output, ["uri"], parts=group).column("uri").to_pylist()
+        hit = in_sorted(uri_keys(uris), stale)
+        found += [u for u, h in zip(uris, hit) if h and u not in found][: k - len(found)]
+        if len(found) >= k:
+            break
+    return found
+
+
+def count_results(output: str, input_keys: np.ndarray | None = None) -> dict:
+    """The counts of everything written so far, in this process (the report, tests; a run uses tasks)."""
+    return merge_counts([scan(output, list_parts(output))], input_keys, output)
+
+
+def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.ndarray, int, list[str]]:
+    """(the resume index, how many of `input_keys` are in it, parts set aside as unreadable), in this process."""
+    done, n, aside = merge_done(scan(output, list_parts(output), set_aside=True))
+    return done, (n if input_keys is None else int(in_sorted(input_keys, done).sum())), aside
