@@ -1,5 +1,9 @@
 """`run(cfg)`: export a bundle to ONNX, optionally build a TensorRT engine from it, check parity of each
-against PyTorch, and record exports and parity in the bundle's card."""
+against PyTorch, and record exports and parity in the bundle's card.
+
+An object-store bundle (`s3://...`) is converted in a local working copy and the new files go back beside it
+(`publish_exports`: card last, merged with the remote card as it is then): run on a GPU worker of the type that will
+screen (`skinscan submit convert --gpus 1`), it puts the engine for that GPU where the screening actors load it."""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from pathlib import Path
 from conversion.onnx_export import export_onnx
 from conversion.parity import check_parity, parity_batch
 from skinscan.config import ConvertConfig
-from skinscan.models.bundle import ExportRecord, file_sha256, read_card, record_export
+from skinscan.data import storage
+from skinscan.models.bundle import ExportRecord, file_sha256, local_bundle, publish_exports, read_card, record_export
 
 
 def profile_batches(cfg: ConvertConfig, task: str) -> tuple[int, int]:
@@ -38,7 +43,24 @@ def engine_target() -> dict:
 
 
 def run(cfg: ConvertConfig) -> dict:
-    bundle = Path(cfg.model)
+    if not storage.is_remote(cfg.model):
+        return convert(cfg, Path(cfg.model))
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="skinscan-convert-"))
+    try:
+        shutil.copytree(local_bundle(cfg.model), work, dirs_exist_ok=True)  # the node's cache stays as fetched
+        stats = convert(cfg, work)
+        publish_exports(work, cfg.model)
+        uri = cfg.model.rstrip("/")
+        return {k: (f"{uri}/{Path(v).name}" if k in ("onnx", "tensorrt") else v) for k, v in stats.items()}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def convert(cfg: ConvertConfig, bundle: Path) -> dict:
+    """Convert the local bundle folder `bundle` in place."""
     card = read_card(bundle)
     tol = cfg.max_abs_diff or (5e-2 if cfg.fp16 else 1e-3)
     images = parity_batch(card, cfg.parity_images)

@@ -116,8 +116,10 @@ def submit(
     follow: bool = False,
     timeout_s: float | None = None,
     paths_on_cluster: bool = False,
+    gpus: float | None = None,
 ) -> tuple[str, str]:
-    """Submit; returns (job_id, final status or 'SUBMITTED')."""
+    """Submit; returns (job_id, final status or 'SUBMITTED'). `gpus`: the driver's GPUs (Ray then runs it on a GPU
+    node; `convert --to tensorrt` builds the engine for that node's GPU)."""
     if job not in JOB_CONFIGS:
         raise SkinScanError(f"unknown job {job!r}; choose from {sorted(JOB_CONFIGS)}")
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
@@ -132,7 +134,10 @@ def submit(
         runtime_env["pip"] = pip
     try:
         job_id = client.submit_job(
-            entrypoint=f"python -m jobs.{job} --from-env", runtime_env=runtime_env, metadata={"skinscan_job": job}
+            entrypoint=f"python -m jobs.{job} --from-env",
+            runtime_env=runtime_env,
+            metadata={"skinscan_job": job},
+            **({"entrypoint_num_gpus": gpus} if gpus else {}),
         )
     except (RuntimeError, ConnectionError) as err:
         raise SkinScanError(f"submission refused: {str(err).strip().splitlines()[0]}") from None

@@ -133,3 +133,53 @@ def test_onnxruntime_asked_for_cuda_without_its_provider_is_one_line(tiny_bundle
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ConfigError, match="runs on CPUExecutionProvider, not CUDA .* install onnxruntime-gpu"):
         create_predictor(str(tiny_bundles["swin"]), "onnxruntime", device="cuda")
+
+
+def test_a_batch_in_micro_batches_gives_what_one_forward_gives():
+    """`runtime.staging`: the GPU predictors' micro-batches (copies overlapping compute on a GPU) are put back in
+    order, every output whole, each input in its own dtype (the streams and pinned buffers: device_check)."""
+    import torch
+
+    from skinscan.runtime.staging import Staging
+
+    rng = np.random.default_rng(0)
+    x, meta = rng.normal(size=(10, 3, 4, 4)).astype(np.float32), rng.normal(size=(10, 2)).astype(np.float32)
+    seen = []
+
+    def fn(a, m):
+        seen.append((len(a), a.dtype, m.dtype))
+        return a.float().sum((2, 3)) + m.float().sum(1, keepdim=True), a.float()
+
+    one = fn(torch.from_numpy(x), torch.from_numpy(meta))
+    seen.clear()
+    logits, features = Staging(torch.device("cpu"), micro_batch=4).run(fn, [x, meta], [torch.bfloat16, None])
+    assert [s[0] for s in seen] == [4, 4, 2] and {s[1:] for s in seen} == {(torch.bfloat16, torch.float32)}
+    assert features.shape == x.shape and logits.dtype == np.float32
+    assert np.allclose(logits, one[0].numpy(), atol=0.2) and np.allclose(features, x, atol=0.05)  # bf16 inputs
+
+
+def test_convert_reads_and_writes_an_object_store_bundle(s3_server, tmp_path, monkeypatch):
+    """`skinscan convert --model s3://...` (what a convert job on a GPU worker runs): converted in a local copy, the
+    new files and the card go back beside the bundle, and a record another conversion added meanwhile stays."""
+    import json
+
+    from conftest import make_bundle, use_s3
+
+    from conversion.convert import run
+    from skinscan.config import ConvertConfig
+    from skinscan.data import storage
+    from skinscan.models.bundle import file_sha256, publish_bundle
+
+    endpoint, _ = s3_server
+    use_s3(monkeypatch, endpoint)
+    uri = f"s3://skinscan-test/bundles/convert-{tmp_path.name}"
+    publish_bundle(make_bundle(tmp_path / "b"), uri)
+    card = json.loads(storage.read_bytes(f"{uri}/model_card.json"))
+    card["exports"]["tensorrt_fp16"] = {"file": "model.fp16.engine", "sha256": "0" * 64}  # built on another worker
+    storage.write_bytes(f"{uri}/model_card.json", json.dumps(card).encode())
+    stats = run(ConvertConfig(model=uri))
+    assert stats["onnx"] == f"{uri}/model.onnx" and stats["onnx_parity"]["top1_agreement"] == 1.0
+    after = read_card(uri)
+    assert set(after.exports) == {"onnx", "tensorrt_fp16"}
+    (tmp_path / "back.onnx").write_bytes(storage.read_bytes(f"{uri}/model.onnx"))
+    assert file_sha256(tmp_path / "back.onnx") == after.exports["onnx"].sha256

@@ -115,7 +115,8 @@ def test_resume_lookup_is_a_binary_search_that_agrees_with_isin():
 
 def test_an_object_store_prefix_is_one_unit_listed_page_by_page_in_its_task(s3_server, monkeypatch):
     endpoint, fs = s3_server
-    names = [f"flat/img_{i:05d}.jpg" for i in range(2100)] + ["flat/masks/m.png", "flat/.hidden.jpg", "flat/x.csv"]
+    names = [f"flat/img_{i:05d}.jpg" for i in range(2099)] + ["flat/masks/m.png", "flat/.hidden.jpg", "flat/x.csv"]
+    names += ["flat/sub/", "flat/sub/img_0.jpg", "flat2/sibling.jpg"]  # a folder placeholder, a nested file, a sibling
     fs.pipe({f"skinscan-test/prefix-{id(names)}/{n}": b"x" for n in names})
     use_s3(monkeypatch, endpoint)
     uri = f"s3://skinscan-test/prefix-{id(names)}/flat"
@@ -124,4 +125,6 @@ def test_an_object_store_prefix_is_one_unit_listed_page_by_page_in_its_task(s3_s
     chunks = list(iter_unit(unit, chunk_rows=1000))
     assert [c.num_rows for c in chunks] == [1000, 1000, 100]  # masks, hidden files and sidecars are not inputs
     uris = [u for c in chunks for u in c.column("uri").to_pylist()]
-    assert len(set(uris)) == 2100 and uris == sorted(uris) and all(u.startswith(f"{uri}/img_") for u in uris)
+    ids = [i for c in chunks for i in c.column("image_id").to_pylist()]
+    assert len(set(uris)) == 2100 and uris == sorted(uris) and all(u.startswith(f"{uri}/") for u in uris)
+    assert ids[0] == "img_00000" and "sub/img_0" in ids and len(set(ids)) == 2100  # unique without a memory of ids

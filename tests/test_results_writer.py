@@ -296,3 +296,23 @@ def test_every_setting_that_changes_a_row_is_in_the_mixed_run_check(tmp_path):
     record_export(tmp_path / "cls", "onnx", ExportRecord(file="model.onnx", sha256="b" * 64))  # exported again
     with pytest.raises(ConfigError, match="export_sha256"):
         check_and_record(cfg(), has_rows=True)
+
+
+def test_groups_merge_into_the_counts_and_stale_rows_are_named_from_their_group_only(tmp_path, monkeypatch):
+    from skinscan.screening import partindex
+    from skinscan.screening.writer import drop_transient_errors
+
+    out = str(tmp_path / "out")
+    for uris in (["a", "b"], ["c", "d"], ["e", "gone"]):
+        write_batch(_batch(uris), out)
+    parts = list_parts(out)
+    scans = [partindex.scan(out, [p]) for p in parts]  # three groups of one part
+    read = []
+    real = partindex.read_results
+    monkeypatch.setattr(partindex, "read_results", lambda *a, **k: read.append(k.get("parts")) or real(*a, **k))
+    counts = partindex.merge_counts(scans, uri_keys(["a", "b", "c", "d", "e"]), out)
+    assert counts["rows"] == 6 and counts["ok"] == 3 and counts["errors"] == 3 and counts["flagged"] == 3
+    assert counts["stale"] == 1 and counts["stale_examples"] == ["gone"] and counts["missing"] == 0
+    assert read == [[p for p in parts if "gone" in str(real(out, ["uri"], parts=[p]).column("uri"))]]
+    # a retried rewrite task meets parts its first try already replaced: nothing to do, no error
+    assert drop_transient_errors(out, parts=[parts[0] + ".gone"])["rows"] == 0

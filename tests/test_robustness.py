@@ -274,7 +274,7 @@ def test_pixel_limit_is_checked_before_the_gpu_decoder(monkeypatch, tmp_path):
     (tmp_path / "small.jpg").write_bytes(_jpeg(1, 64))
     seen = []
 
-    def fake_gpu(datas, size):
+    def fake_gpu(datas, size, headers):
         seen.extend(len(d) for d in datas)
         return [np.zeros((size, size, 3), np.uint8) if d else None for d in datas]
 

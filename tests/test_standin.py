@@ -48,15 +48,18 @@ def test_stand_in_rows_are_counted_resumed_and_read_like_real_ones(ray_local, tm
 def test_the_listing_reaches_decode_in_decode_sized_blocks_without_a_cpu_of_its_own(ray_local, tmp_path):
     """The streamed listing is re-blocked inside the read task (a separate repartition operator asks for a whole
     CPU, which actor pools holding the cluster's CPUs never leave it: a stalled run)."""
+    import numpy as np
+    import ray
+
     from skinscan.bench.scale import manifest
     from skinscan.data.listing import plan_units
     from skinscan.screening.inputs import read_inputs, stream_inputs
+    from skinscan.screening.pipeline import build_dataset
     from tests.conftest import make_bundle
 
     source = str(manifest(tmp_path, 3000))
     ds = stream_inputs(read_inputs(source, 8192, units=plan_units(source)), 250).materialize()
     assert ds.num_blocks() == 12 and ds.count() == 3000
-    assert "ReadInputSource->MapBatches(_keep_all)->StreamingRepartition" in ds.stats()  # one fused operator
     cfg = validate(
         ScreenConfig,
         {
@@ -72,3 +75,47 @@ def test_the_listing_reaches_decode_in_decode_sized_blocks_without_a_cpu_of_its_
     )
     s = screen(cfg, stand_in=StandIn(classify_s_per_batch=0.01))
     assert s["rows"] == 3000 and s["complete"] and s["listing_s"] is not None
+    # the pipeline a rerun builds: listing, resume filter and re-blocking are one operator, in the read task
+    other = cfg.model_copy(update={"output": str(tmp_path / "other")})
+    done = ray.put(np.zeros(0, np.uint64))
+    built = build_dataset(other, plan_units(source), done, StandIn()).materialize()
+    assert "ReadInputSource->MapBatches(drop_done)->StreamingRepartition" in built.stats()
+
+
+def test_a_corrupt_part_is_set_aside_its_inputs_screened_again_and_counted(ray_local, tmp_path):
+    from skinscan.bench.scale import manifest
+    from skinscan.screening.writer import list_parts
+    from tests.conftest import make_bundle
+
+    cfg = validate(
+        ScreenConfig,
+        {
+            "model": str(make_bundle(tmp_path / "cls")),
+            "input": str(manifest(tmp_path, 2000)),
+            "output": str(tmp_path / "out"),
+            "progress": False,
+            "decode": {"batch_size": 250, "num_cpus": 0.25},
+            "classify": {"batch_size": 250, "num_cpus": 0.25},
+            "rows_per_part": 500,
+        },
+    )
+    assert screen(cfg, stand_in=StandIn())["complete"]
+    torn = sorted(list_parts(cfg.output))[0]
+    with open(torn, "r+b") as f:
+        f.truncate(100)  # a torn part: its footer is gone
+    again = screen(cfg, stand_in=StandIn())
+    assert again["rows"] == 2000 and again["complete"] and again["this_run_rows"] >= 1
+    assert len(list((tmp_path / "out" / "set_aside").iterdir())) == 1
+
+
+def test_an_empty_folder_is_one_line_before_ray(tmp_path):
+    from skinscan.errors import DataError
+    from tests.conftest import make_bundle
+
+    (tmp_path / "empty").mkdir()
+    cfg = validate(
+        ScreenConfig,
+        {"model": str(make_bundle(tmp_path / "cls")), "input": str(tmp_path / "empty"), "output": str(tmp_path / "o")},
+    )
+    with pytest.raises(DataError, match="no input files"):
+        screen(cfg, stand_in=StandIn())

@@ -60,11 +60,15 @@ def _config(model: str, source: str, output: str, classify: dict | None = None) 
 # ------------------------------------------------------------------ one phase, in a fresh driver process
 
 
-def _listing(cfg) -> tuple[int, list]:
-    from skinscan.data.listing import plan_units
-    from skinscan.screening.pipeline import list_inputs
+def _listing(cfg):
+    """(ObjectRef of the sorted input keys, how many): what a run lists beside its screening."""
+    import ray
 
-    return list_inputs(cfg, plan_units(cfg.input, cfg.include_masks))
+    from skinscan.data.listing import plan_units
+    from skinscan.screening.pipeline import list_keys
+
+    _, keys, n = list_keys(plan_units(cfg.input, cfg.include_masks), {})
+    return keys, ray.get(n)
 
 
 def _others_cpu(machine0, machine1, own: float) -> float:
@@ -79,7 +83,6 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
     import resource
 
     import psutil
-    import ray
 
     from skinscan.config import ScreenConfig, validate
     from skinscan.ray_connect import connect
@@ -92,11 +95,10 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
     connect(None, 30)  # every phase: joining Ray is outside the measured window (`screen` then finds it joined)
     setup = None
     if name in ("count", "prune"):  # the listing's keys, as a run has them when it counts
-        setup = pipeline._task(pipeline._input_keys, {}).remote(*_listing(cfg)[1])
-        ray.wait([setup])
+        setup = _listing(cfg)[0]
     machine0, me0, t0 = psutil.cpu_times(), time.process_time(), time.time()
     if name == "list":
-        result["inputs"] = _listing(cfg)[0]
+        result["inputs"] = _listing(cfg)[1]
     elif name in ("screen", "resume", "resume_noop"):
         s = pipeline.screen(cfg, stand_in=stand_in)
         result.update(rows=s["this_run_rows"], complete=s["complete"], total_rows=s["rows"])

@@ -17,6 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--follow", action="store_true", help="stream logs; exit 0 only if the job SUCCEEDED")
     p.add_argument("--timeout", type=float, help="give up following after this many seconds")
     p.add_argument(
+        "--gpus",
+        type=float,
+        help="run the job's driver on a node with this many GPUs (convert --to tensorrt: the engine is built for "
+        "that node's GPU; an autoscaling cluster starts one)",
+    )
+    p.add_argument(
         "--paths-on-cluster",
         action="store_true",
         help="local paths in the config exist on the cluster's nodes (a shared filesystem): send them as given",
@@ -33,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_submit(a: argparse.Namespace) -> int:
     from skinscan.submission import _client, failure_reason, submit
 
-    job_id, status = submit(a.job, a.config, a.set, a.address, a.pip, a.follow, a.timeout, a.paths_on_cluster)
+    job_id, status = submit(
+        a.job, a.config, a.set, a.address, a.pip, a.follow, a.timeout, a.paths_on_cluster, gpus=a.gpus
+    )
     if not a.follow:
         print(f"follow it: skinscan jobs logs {job_id}   status: skinscan jobs status {job_id}")
         return 0

@@ -1,17 +1,18 @@
 """Listing the inputs of a screening run in pieces, so that no one process ever holds the whole list.
 
 `plan_units` looks only at the top of the input (cheap, on the driver) and returns listing units: each archive, each
-top-level subfolder of a local folder and the folder's own files, one object-store prefix (listed page by page in
-its task: the driver never lists it), or one manifest. `iter_unit` lists one unit (in a Ray read task) and yields
-Arrow tables of `image_id`, `uri` and `key` (the 64-bit resume key of the URI), with `age`, `sex` and `site` where a
-manifest has them, `chunk_rows` at a time. Image ids are file stems, made unique within a unit as `read_unlabeled`
-does.
+top-level subfolder of a local folder and the folder's own files, one object-store folder (S3: listed page by page
+in its task; GCS, Azure: `fs.find` in its task; the driver never lists it), or one manifest. `iter_unit` lists one
+unit (in a Ray read task) and yields Arrow tables of `image_id`, `uri` and `key` (the 64-bit resume key of the URI),
+with `age`, `sex` and `site` where a manifest has them, `chunk_rows` at a time. Image ids are file stems, made
+unique within a unit as `read_unlabeled` does (object-store folders: the key below the folder, without extension).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -140,20 +141,23 @@ def _object_names(fs, root: str) -> Iterator[str]:
 
 def _iter_prefix(uri: str, chunk_rows: int, include_masks: bool) -> Iterator[pa.Table]:
     """An object-store prefix, recursively, `chunk_rows` objects a table as the pages arrive: the task holds one
-    chunk of names (and the ids seen so far, to keep them unique), never the whole listing."""
+    chunk of names, never the whole listing. Image ids are the keys below the prefix without their extension
+    (`sub/IMG_1`; in a flat prefix the file stem): unique without remembering the ids already given."""
     fs, path = fsspec.core.url_to_fs(uri)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     root = path.rstrip("/") + "/"
-    seen: dict[str, int] = {}
+    ids: list[str] = []
     uris: list[str] = []
     for name in _object_names(fs, root):
-        if storage.keep_listed(name, include_masks, name[len(root) :]):
+        relative = name[len(root) :]
+        if storage.keep_listed(name, include_masks, relative):
             uris.append(f"{protocol}://{name}")
+            ids.append(posixpath.splitext(relative)[0])
         if len(uris) == chunk_rows:
-            yield _table(unique_ids(uris, seen), uris)
-            uris = []
+            yield _table(ids, uris)
+            ids, uris = [], []
     if uris:
-        yield _table(unique_ids(uris, seen), uris)
+        yield _table(ids, uris)
 
 
 def _table(ids: list[str], uris: list[str], meta: dict[str, list] | None = None) -> pa.Table:

@@ -233,10 +233,9 @@ def read_folder(root: str, hash_bytes: bool = True) -> pd.DataFrame:
     return _finish(pd.DataFrame(rows), "folder", hash_bytes)
 
 
-def unique_ids(uris: list[str], seen: dict[str, int] | None = None) -> list[str]:
-    """File stems as image ids; a repeated stem (a.jpg and sub/a.jpg) gets a short hash of its URI appended.
-    `seen` carries the stems of earlier chunks of one listing."""
-    seen = {} if seen is None else seen
+def unique_ids(uris: list[str]) -> list[str]:
+    """File stems as image ids; a repeated stem (a.jpg and sub/a.jpg) gets a short hash of its URI appended."""
+    seen: dict[str, int] = {}
     out = []
     for u in uris:
         i = storage.stem(u)

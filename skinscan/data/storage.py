@@ -123,6 +123,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = fsspec.core.url_to_fs(normalize(uri))
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     fs.pipe_file(path, data)
+    fs.invalidate_cache(posixpath.dirname(path))  # a cached listing of the folder would hide the new object
 
 
 def is_dir(uri: str) -> bool:

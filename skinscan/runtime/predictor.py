@@ -13,6 +13,7 @@ import numpy as np
 from skinscan.config import EXPORTED_PRECISIONS, PRECISIONS
 from skinscan.errors import ConfigError
 from skinscan.models.bundle import ModelCard, checked_file, read_card
+from skinscan.runtime.staging import MICRO_BATCH, Staging
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -85,18 +86,16 @@ class TorchPredictor:
         self.dtype = {"fp32": torch.float32, "fp16": half, "bf16": torch.bfloat16}[precision]
         model = model.to(self.dtype)
         self.model = torch.compile(model) if compile else model
-        self.torch = torch
+        self.staging = Staging(self.device)  # pinned buffers, copies overlapping compute, one sync a batch
+
+    def _forward(self, *inputs):
+        out = self.model(*inputs)
+        return out if isinstance(out, (tuple, list)) else (out,)
 
     def predict(self, x: np.ndarray, meta: np.ndarray | None = None) -> Prediction:
-        t = self.torch
         meta = metadata_input(self.card, meta, len(x))
-        with t.inference_mode():
-            inputs = [t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)]
-            if meta is not None:
-                inputs.append(t.from_numpy(meta).to(self.device, self.dtype))
-            out = self.model(*inputs)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return Prediction([o.float().cpu().numpy() for o in outs])
+        xs = [x] if meta is None else [x, meta]
+        return Prediction(self.staging.run(self._forward, xs, [self.dtype] * len(xs)))
 
 
 class OnnxPredictor:
@@ -174,16 +173,14 @@ class TensorRTPredictor:
         )
         self.runner = TensorRTRunner(engine)
         self.n_out = None if with_features else 1
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: a faked TensorRT in tests
+        self.staging = Staging(device, min(MICRO_BATCH, getattr(self.runner, "max_batch", MICRO_BATCH)))
 
     def predict(self, x: np.ndarray, meta: np.ndarray | None = None) -> Prediction:
-        import torch
-
         meta = metadata_input(self.card, meta, len(x))
-        inputs = [torch.from_numpy(np.ascontiguousarray(x))]
-        if meta is not None:
-            inputs.append(torch.from_numpy(meta))
-        outs = self.runner(*inputs)
-        return Prediction([o.float().cpu().numpy() for o in outs[: self.n_out]])
+        xs = [x] if meta is None else [x, meta]
+        dtypes = [getattr(self.runner, "input_dtypes", [None] * len(xs))[k] for k in range(len(xs))]
+        return Prediction(self.staging.run(lambda *d: self.runner(*d)[: self.n_out], xs, dtypes))
 
 
 def check_precision(backend: str, precision: str) -> None:

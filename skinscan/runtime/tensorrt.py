@@ -64,8 +64,9 @@ def profile_chunks(n: int, max_batch: int) -> list[slice]:
 
 
 class TensorRTRunner:
-    """Runs a serialised engine. Copy-in, execution and output allocation all happen on one CUDA stream, so
-    TensorRT never reads an input that is still being copied."""
+    """Runs a serialised engine on the caller's current CUDA stream: copy-in, execution and output allocation are
+    queued there in order, so TensorRT never reads an input still being copied, and nothing waits for the GPU
+    (the caller synchronises once a batch: `runtime.staging`)."""
 
     def __init__(self, engine_file: str | Path):
         import torch
@@ -82,7 +83,7 @@ class TensorRTRunner:
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n), trt) for n in names}
         self.max_batch = min(self.engine.get_tensor_profile_shape(n, 0)[2][0] for n in self.inputs)
-        self.stream = torch.cuda.Stream()
+        self.input_dtypes = [self.dtypes[n] for n in self.inputs]
 
     def _torch_dtype(self, dt, trt):
         t = self.torch
@@ -106,24 +107,24 @@ class TensorRTRunner:
 
     def _run(self, *xs):
         t = self.torch
-        self.stream.wait_stream(t.cuda.current_stream())  # inputs may have been produced on the caller's stream
-        with t.cuda.stream(self.stream):
-            keep = []  # the device copies must outlive the launch
-            for name, x in zip(self.inputs, xs):
-                x = x.to("cuda", self.dtypes[name], non_blocking=True).contiguous()
-                if not self.context.set_input_shape(name, tuple(x.shape)):
-                    raise SkinScanError(
-                        f"TensorRT refused input {name} of shape {tuple(x.shape)} (the engine's profile allows "
-                        f"batches up to {self.max_batch}; rebuild it with `skinscan convert --max-batch N`)"
-                    )
-                self.context.set_tensor_address(name, x.data_ptr())
-                keep.append(x)
-            outs = []
-            for o in self.outputs:
-                out = t.empty(tuple(self.context.get_tensor_shape(o)), dtype=self.dtypes[o], device="cuda")
-                self.context.set_tensor_address(o, out.data_ptr())
-                outs.append(out)
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise SkinScanError("TensorRT execution failed")
-        self.stream.synchronize()
+        stream = t.cuda.current_stream()
+        keep = []  # the device copies must outlive the launch
+        for name, x in zip(self.inputs, xs):
+            x = x.to("cuda", self.dtypes[name], non_blocking=True).contiguous()
+            if not self.context.set_input_shape(name, tuple(x.shape)):
+                raise SkinScanError(
+                    f"TensorRT refused input {name} of shape {tuple(x.shape)} (the engine's profile allows "
+                    f"batches up to {self.max_batch}; rebuild it with `skinscan convert --max-batch N`)"
+                )
+            self.context.set_tensor_address(name, x.data_ptr())
+            keep.append(x)
+        outs = []
+        for o in self.outputs:
+            out = t.empty(tuple(self.context.get_tensor_shape(o)), dtype=self.dtypes[o], device="cuda")
+            self.context.set_tensor_address(o, out.data_ptr())
+            outs.append(out)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise SkinScanError("TensorRT execution failed")
+        for x in keep:
+            x.record_stream(stream)  # freed only once the engine has read them
         return outs

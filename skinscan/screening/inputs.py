@@ -3,8 +3,8 @@ reads only the top of the input) and each unit is listed in its own read task, s
 object store and never in the driver.
 
 Screening consumes the listing as it streams (`stream_inputs`): the first images are decoded while the read tasks
-are still paging through a prefix. The counts at the end need every input's key, so a second, materialized listing
-(`list_inputs` in `pipeline`) runs beside it; listing is cheap next to screening (docs/capacity.md)."""
+are still paging through a prefix. The counts at the end need every input's key, so the keys are listed again in
+tasks beside it (`pipeline.list_keys`, 8 bytes an input); listing is cheap next to screening (docs/capacity.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from skinscan.data.listing import LISTING_SCHEMA, Unit, iter_unit, plan_units
 
+MAX_READ_TASKS = 32
 LISTING_CPUS = 0.0
 """Listing is I/O (archive directories, folder scans, object-store pages) and its tasks run inside the pipeline now:
 with a CPU share of their own they would wait forever once the actor pools hold every CPU (a stalled run, seen)."""
@@ -47,6 +48,7 @@ def read_inputs(uri: str, chunk_rows: int, runtime_env: dict | None = None, unit
         InputSource(units, chunk_rows),
         override_num_blocks=max(1, len(units)),
         num_cpus=LISTING_CPUS,
+        concurrency=MAX_READ_TASKS,  # no CPU share bounds them: a folder of thousands of subfolders
         **({"runtime_env": runtime_env} if runtime_env else {}),
     )
 
@@ -61,9 +63,22 @@ def stream_inputs(inputs, block_rows: int, fn=None, fn_kwargs: dict | None = Non
 
     The re-blocking is a streaming repartition fused into the read task: its operator otherwise asks for a whole CPU
     per task, and once the actor pools hold every CPU it never gets one (a stalled run, seen on 2 cores).
-    `map_batches` without a batch size is what lets Ray fuse it (tested in tests/test_listing.py)."""
+    `map_batches` without a batch size is what lets Ray fuse it (tests/test_standin.py checks the fused plan)."""
     remote = {"num_cpus": LISTING_CPUS, **({"runtime_env": runtime_env} if runtime_env else {})}
-    ds = inputs.map_batches(fn or _keep_all, batch_size=None, batch_format="numpy", fn_kwargs=fn_kwargs, **remote)
+    ds = inputs.map_batches(
+        fn or _keep_all,
+        batch_size=None,
+        batch_format="numpy",
+        fn_kwargs=fn_kwargs,
+        concurrency=MAX_READ_TASKS,
+        **remote,
+    )
     ds = ds.repartition(target_num_rows_per_block=block_rows)
-    ds._logical_plan.dag.ray_remote_args.update(remote)  # the StreamingRepartition op: same resources, so it fuses
+    from ray.data._internal.logical.operators import StreamingRepartition
+
+    op = ds._logical_plan.dag
+    if not isinstance(op, StreamingRepartition):  # a Ray upgrade changed the plan: fail here, not as a stalled run
+        raise RuntimeError(f"expected Ray Data's StreamingRepartition, got {type(op).__name__}")
+    op.ray_remote_args.update(remote)  # the same resources and task pool as the read task, so it fuses into it
+    object.__setattr__(op, "compute", ds._logical_plan.dag.input_dependencies[0].compute)
     return ds

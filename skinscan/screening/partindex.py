@@ -24,24 +24,28 @@ COUNT_COLUMNS = ["uri", "status", "error_type", "predicted_class", "flagged", "m
 def scan(output: str, parts: list[str], set_aside: bool = False) -> dict:
     """Keys (one per row, duplicates kept) and counts of `parts`. Unreadable parts are set aside (`set_aside`, for
     runs that hold the output's lease; their names in "aside") or skipped with a warning."""
+    import pyarrow.compute as pc
+
     aside: list[str] | None = [] if set_aside else None
     t = read_results(output, COUNT_COLUMNS, aside=aside, parts=parts)
-    status = np.asarray(t.column("status").to_numpy(zero_copy_only=False), object)
-    ok = status == "ok"
-    classes = np.asarray(t.column("predicted_class").to_numpy(zero_copy_only=False), object)[ok]
-    flagged = t.column("flagged").to_numpy(zero_copy_only=False)[ok]
-    used = t.column("metadata_used").to_numpy(zero_copy_only=False)[ok]  # null in parts older than the column
-    errors = [e for e in t.column("error_type").to_pylist() if e is not None]
+    ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False)
+    good = t.filter(ok)
+    n_ok = good.num_rows
+
+    def tally(column) -> dict:
+        return {d["values"]: d["counts"] for d in pc.value_counts(column.drop_null()).to_pylist()}
+
     return {
+        "parts": list(parts),
         "aside": aside or [],
         "keys": uri_keys(t.column("uri").to_pylist()),
         "rows": t.num_rows,
-        "ok": int(ok.sum()),
-        "errors": int((~ok).sum()),
-        "errors_by_type": dict(Counter(errors)),
-        "per_class": dict(Counter(c for c in classes if c is not None)),
-        "flagged": int(sum(bool(f) for f in flagged if f is not None)),
-        "metadata_used": int(sum(u is True for u in used)),
+        "ok": n_ok,
+        "errors": t.num_rows - n_ok,
+        "errors_by_type": tally(t.column("error_type")),
+        "per_class": tally(good.column("predicted_class")),
+        "flagged": int(pc.sum(good.column("flagged")).as_py() or 0),
+        "metadata_used": int(pc.sum(good.column("metadata_used")).as_py() or 0),  # null in parts older than it
     }
 
 
@@ -81,7 +85,9 @@ def merge_counts(scans: list[dict], input_keys: np.ndarray | None = None, output
         "metadata_used": sum(s["metadata_used"] for s in scans),
     }
     if input_keys is not None:
-        inputs = np.unique(np.asarray(input_keys, np.uint64))
+        inputs = np.asarray(input_keys, np.uint64)
+        if len(inputs) > 1 and not (inputs[1:] > inputs[:-1]).all():  # the listing's keys come sorted and unique
+            inputs = np.unique(inputs)
         listed = in_sorted(unique, inputs)
         stale = unique[~listed]
         missing = len(inputs) - int(listed.sum())
@@ -90,17 +96,17 @@ def merge_counts(scans: list[dict], input_keys: np.ndarray | None = None, output
                 "inputs": int(len(inputs)),
                 "missing": int(missing),
                 "stale": int(len(stale)),
-                "stale_examples": stale_examples(output, stale) if output and len(stale) else [],
+                "stale_examples": stale_examples(output, stale, scans) if output and len(stale) else [],
                 "complete": missing == 0 and dup == 0,
             }
         )
     return counts
 
 
-def stale_examples(output: str, stale: np.ndarray, k: int = 3) -> list[str]:
-    """Up to `k` URIs of rows whose key is in `stale` (sorted), reading the parts' URIs in order until found."""
+def stale_examples(output: str, stale: np.ndarray, scans: list[dict], k: int = 3) -> list[str]:
+    """Up to `k` URIs of rows whose key is in `stale` (sorted), read again only from the groups that hold one."""
     found: list[str] = []
-    for group in groups(list_parts(output)):
+    for group in (s["parts"] for s in scans if in_sorted(s["keys"], stale).any()):
         uris = read_results(output, ["uri"], parts=group).column("uri").to_pylist()
         hit = in_sorted(uri_keys(uris), stale)
         found += [u for u, h in zip(uris, hit) if h and u not in found][: k - len(found)]

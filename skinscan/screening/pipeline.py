@@ -114,12 +114,6 @@ def drop_done(batch: dict, done=None) -> dict:
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
 
-def _input_keys(*tables) -> np.ndarray:
-    """Sorted unique keys of the listing's blocks (Arrow tables): what counting and pruning match against."""
-    keys = [np.asarray(t.column("key"), np.uint64) for t in tables]
-    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
-
-
 def _listed_done(inputs: np.ndarray, done: np.ndarray) -> int:
     """How many of the listed inputs are already written (stale rows left out)."""
     return int(in_sorted(inputs, done).sum())
@@ -169,15 +163,16 @@ def _folder_root(uri: str) -> str | None:
     return path if not storage.is_remote(path) and os.path.isdir(path) else None
 
 
-def build_dataset(cfg: ScreenConfig, inputs, done=None, stand_in=None):
-    """The Ray Data pipeline over `inputs` (`read_inputs`: the listing, streamed), minus those in `done` (lazy;
-    nothing runs until iterated); its output is one row of counts per Parquet part the write tasks wrote. `stand_in`
-    (`screening.standin.StandIn`, capacity work only): decode and classify sleep instead, no other model stage."""
+def build_dataset(cfg: ScreenConfig, units: list, done=None, stand_in=None):
+    """The Ray Data pipeline over the inputs of `units` (listed in read tasks, streamed), minus those in `done`
+    (lazy; nothing runs until iterated); its output is one row of counts per Parquet part the write tasks wrote.
+    `stand_in` (`screening.standin.StandIn`, capacity work only): decode and classify sleep instead, no other model
+    stage."""
     import ray
 
     from skinscan.data.storage import storage_env
     from skinscan.models.bundle import read_card
-    from skinscan.screening.inputs import stream_inputs
+    from skinscan.screening.inputs import read_inputs, stream_inputs
     from skinscan.screening.stages import ClassifyStage, ExplainStage, SegmentStage, decode_batch
 
     cls_size = read_card(cfg.model).input_size
@@ -185,7 +180,9 @@ def build_dataset(cfg: ScreenConfig, inputs, done=None, stand_in=None):
     work = max(cls_size, seg_size) * (2 if cfg.crop_to_lesion else 1)
     env = storage_env()
     remote = {"runtime_env": {"env_vars": env}} if env else {}
-    ds = stream_inputs(inputs, cfg.decode.batch_size, drop_done, {"done": done}, remote.get("runtime_env"))
+    runtime_env = remote.get("runtime_env")  # the read and the filter must agree on it to fuse
+    inputs = read_inputs(cfg.input, LISTING_BLOCK_ROWS, runtime_env, units)
+    ds = stream_inputs(inputs, cfg.decode.batch_size, drop_done, {"done": done}, runtime_env)
     decode_kwargs = {
         "work_size": work,
         "thumb_size": cfg.thumbnail_size if cfg.thumbnails != "none" else 0,
@@ -316,7 +313,8 @@ def _warn_if_tasks_starve(cfg: ScreenConfig) -> None:
 def _task(fn, env: dict, **options):
     import ray
 
-    return ray.remote(fn).options(num_cpus=0.25, runtime_env={"env_vars": env} if env else None, **options)
+    options = {"num_cpus": 0.25, **options}
+    return ray.remote(fn).options(runtime_env={"env_vars": env} if env else None, **options)
 
 
 def screen(cfg: ScreenConfig, ray_address: str | None = None, stand_in=None) -> dict:
@@ -335,6 +333,8 @@ def screen(cfg: ScreenConfig, ray_address: str | None = None, stand_in=None) -> 
     _check_backend(cfg, ray_address)
     check_writable(cfg.output)
     units = plan_units(cfg.input, cfg.include_masks)
+    if not units:  # an empty folder: one line before Ray starts
+        raise DataError(f"{cfg.input}: no input files")
     with OutputLease(cfg.output) as lease:  # one run at a time per output: a second is refused in one line
         try:
             summary = _screen_held(cfg, ray_address, units, stand_in)
@@ -377,23 +377,32 @@ def _check_output_reachable(cfg: ScreenConfig) -> None:
 
 
 LISTING_BLOCK_ROWS = 8192
-"""Inputs per table a listing task yields for the materialized listing (the counts' keys, the progress total): Ray
-merges a task's tables into blocks of up to 128 MB, which live in the object store, not the driver's heap."""
+"""Inputs per table a streaming read task yields before re-blocking (`inputs.stream_inputs`)."""
+LISTING_TASKS = 32
+"""At most this many tasks list the keys of a run's units (each takes several units in turn): listing takes no
+CPU share, so nothing else would bound how many run at once (a folder of thousands of subfolders)."""
 
 
-def list_inputs(cfg: ScreenConfig, units: list) -> tuple[int, list]:
-    """Every input, listed in read tasks into the object store: (how many, ObjectRefs of their Arrow blocks)."""
-    from skinscan.screening.inputs import read_inputs
+def _units_keys(units: list) -> np.ndarray:
+    """Sorted unique resume keys of the inputs of `units`, listed here (the counts' keys, the progress total)."""
+    from skinscan.data.listing import iter_unit
 
-    listing = read_inputs(cfg.input, LISTING_BLOCK_ROWS, _runtime_env(), units).materialize()
-    return listing.count(), listing.to_arrow_refs()  # ObjectRefs only: the list itself stays in the object store
+    keys = [np.asarray(t.column("key"), np.uint64) for u in units for t in iter_unit(u, 65536)]
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
 
 
-def _runtime_env() -> dict | None:
-    from skinscan.data.storage import storage_env
+def _merge_keys(*keys: np.ndarray) -> tuple[np.ndarray, int]:
+    merged = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+    return merged, len(merged)
 
-    env = storage_env()
-    return {"env_vars": env} if env else None
+
+def list_keys(units: list, env: dict) -> tuple[list, object, object]:
+    """Every input's key, listed in tasks beside the screening (which streams its own listing): (the tasks, an
+    ObjectRef of the sorted unique keys, an ObjectRef of how many). 8 bytes an input, in the object store."""
+    tasks = [_task(_units_keys, env, num_cpus=0).remote(units[i::LISTING_TASKS]) for i in range(LISTING_TASKS)]
+    tasks = tasks[: max(1, min(len(units), LISTING_TASKS))]
+    keys, n = _task(_merge_keys, env, num_returns=2).remote(*tasks)
+    return tasks, keys, n
 
 
 def _rewrite_in_groups(cfg: ScreenConfig, fn, *args) -> dict:
@@ -419,12 +428,9 @@ def count_in_tasks(output: str, inputs=None) -> dict:
 
 def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_in=None) -> dict:
     """`screen` once the output's lease is held."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import ray
 
     from skinscan.data.storage import storage_env
-    from skinscan.screening.inputs import read_inputs
 
     try:
         earlier = bool(list_parts(cfg.output))
@@ -432,6 +438,8 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
         raise ConfigError(f"output {cfg.output}: permission denied") from None
     if earlier and not cfg.resume:
         raise SkinScanError(f"{cfg.output} already holds results; use resume=true or another output")
+    if stand_in is None:
+        _prepare_onnx(cfg)  # before the maker is recorded: it names the ONNX file's sha256
     check_and_record(cfg, earlier, cfg.force_mixed)
     connect(ray_address, cfg.connect_timeout_s)
     _check_output_reachable(cfg)
@@ -441,27 +449,34 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     ctx.execution_options.preserve_order = False
-    # the materialized listing (for the total and the final counts) runs beside the screening, which streams its own
-    lister = ThreadPoolExecutor(1, thread_name_prefix="skinscan-listing")
-    listed = lister.submit(list_inputs, cfg, units)
-    listed.add_done_callback(lambda _: listing_s.append(round(time.time() - t_list, 1)))
-    listing_s: list[float] = []  # when the listing ended, for the summary: screening starts before it does
-    inputs_ref = None
+    listing, inputs, n_ref = list_keys(units, env)  # beside the screening, which streams its own listing
+    try:
+        return _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref)
+    finally:  # an error or ctrl-c: the listing tasks stop with the run
+        for ref in [*listing, n_ref]:
+            ray.cancel(ref, recursive=True)
 
-    def input_keys():
-        nonlocal inputs_ref
-        if inputs_ref is None:
-            n, refs = listed.result()
-            if n == 0:
-                raise DataError(f"{cfg.input}: no input files")
-            inputs_ref = _task(_input_keys, env).remote(*refs)  # sorted unique keys, in the object store
-        return inputs_ref
+
+def _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref) -> dict:
+    """`_screen_held` once the key listing has started: resume index, screening, counts."""
+    import ray
+
+    listing_s: list[float] = []  # when the listing ended, for the summary: a first run screens before it does
+
+    def n_inputs() -> int:
+        n = ray.get(n_ref)
+        if not listing_s:
+            listing_s.append(round(time.time() - t_list, 1))
+        if n == 0:
+            raise DataError(f"{cfg.input}: no input files")
+        return n
 
     if earlier and cfg.retry_errors:  # transient error rows go; the resume index then counts them as to do
         retried = _rewrite_in_groups(cfg, _retry_task)
         print(f"[screen] {retried['rows']} rows with a transient error ({', '.join(TRANSIENT_ERRORS)}) to screen again")
     if earlier and cfg.prune_stale:  # needs the whole listing first
-        pruned = _rewrite_in_groups(cfg, _prune_task, input_keys())
+        n_inputs()
+        pruned = _rewrite_in_groups(cfg, _prune_task, inputs)
         print(
             f"[screen] pruned {pruned['rows']} stale rows from {pruned['parts']} parts"
             + (f" (e.g. {', '.join(pruned['examples'])})" if pruned["examples"] else ""),
@@ -479,27 +494,27 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
                 f"(e.g. {aside[0]}): their inputs are screened again",
                 flush=True,
             )
-    n_inputs, to_do = None, True
+            gone = set(aside)  # a part this run writes may take a set-aside part's name: it is new, not scanned
+            before = [p for p in before if p.rsplit("/", 1)[-1] not in gone]
+    total, to_do = None, True
     if earlier:  # a rerun waits for the listing: it says what is left, and starts no model when nothing is
-        n_inputs = listed.result()[0]
-        n_done = ray.get(_task(_listed_done, env).remote(input_keys(), done)) if done is not None else 0
-        to_do = n_done < n_inputs
+        total = n_inputs()
+        n_done = ray.get(_task(_listed_done, env).remote(inputs, done)) if done is not None else 0
+        to_do = n_done < total
         print(
-            f"[screen] {n_inputs} inputs listed in {time.time() - t_list:.1f}s ({len(units)} listing tasks); "
-            f"{n_done} already written, {n_inputs - n_done} to do",
+            f"[screen] {total} inputs listed in {time.time() - t_list:.1f}s ({len(units)} listing units); "
+            f"{n_done} already written, {total - n_done} to do",
             flush=True,
         )
     t0 = time.time()
     arrivals: list[tuple[float, int]] = []  # (seconds since t0, rows written so far)
     written, interrupted = 0, False
     if to_do:
-        if stand_in is None:
-            _prepare_onnx(cfg)
-        ds = build_dataset(cfg, read_inputs(cfg.input, LISTING_BLOCK_ROWS, _runtime_env(), units), done, stand_in)
+        ds = build_dataset(cfg, units, done, stand_in)
         # Ray's own lines during the run (actor notices, executor logs) go to the session's log, the bar to the user
         with quiet_stderr() as terminal:
             bar = tqdm(
-                total=n_inputs,
+                total=total,
                 initial=n_done,
                 desc="screen (rows written)",
                 unit="img",
@@ -509,8 +524,8 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
             try:
                 for n in rows_written(ds):
                     written += n
-                    if bar.total is None and listed.done() and not listed.exception():
-                        bar.total = listed.result()[0]  # a first run streams: the share done shows once listed
+                    if bar.total is None and ray.wait([n_ref], timeout=0)[0]:
+                        bar.total = n_inputs()  # a first run streams: the share done shows once listed
                     bar.update(n)
                     arrivals.append((time.time() - t0, written))
             except KeyboardInterrupt:
@@ -518,14 +533,12 @@ def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_
             finally:
                 bar.close()
     wall = time.time() - t0
-    lister.shutdown(wait=not interrupted, cancel_futures=True)
     if not earlier and not interrupted:
-        n_inputs = listed.result()[0]
-        print(f"[screen] {n_inputs} inputs, listed in {len(units)} listing tasks beside the screening", flush=True)
-    after = [p for p in list_parts(cfg.output) if p not in set(before)]  # the parts this run wrote
+        print(f"[screen] {n_inputs()} inputs, listed beside the screening in {listing_s[0]} s", flush=True)
+    prior = set(before)
+    after = [p for p in list_parts(cfg.output) if p not in prior]  # the parts this run wrote
     scans += [_task(_scan_task, env).remote(cfg.output, g) for g in partindex.groups(after)]
-    inputs = None if interrupted else input_keys()  # an interrupted listing: counts without matching against it
-    counts = ray.get(_task(_counts_task, env).remote(cfg.output, inputs, *scans))
+    counts = ray.get(_task(_counts_task, env).remote(cfg.output, None if interrupted else inputs, *scans))
     summary = summarize(cfg.output, wall, written, counts, arrivals)
     summary.update(
         {

@@ -229,6 +229,8 @@ def drop_rows(output: str, columns: list[str], drop, parts: list[str] | None = N
         except Unreadable as err:  # set aside (its inputs are screened again)
             set_aside(output, part, str(err))
             continue
+        except FileNotFoundError:  # a retried task: this part was rewritten (or set aside) by its first try
+            continue
         gone = np.asarray(drop(t), bool)
         if not gone.any():
             continue

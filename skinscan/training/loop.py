@@ -200,10 +200,15 @@ def make_loaders(cfg: TrainConfig, config: dict, rank: int, world: int):
         num_workers=procs,
         persistent_workers=procs > 0,  # keeps each process's image cache across epochs
         drop_last=len(sampler) > cfg.batch_size,
+        pin_memory=torch.cuda.is_available(),  # Ray Train's copy to the GPU is then asynchronous
     )
     val_subset = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
     val_loader = torch.utils.data.DataLoader(
-        val_subset, batch_size=cfg.batch_size * 2, num_workers=min(procs, 2), persistent_workers=procs > 0
+        val_subset,
+        batch_size=cfg.batch_size * 2,
+        num_workers=min(procs, 2),
+        persistent_workers=procs > 0,
+        pin_memory=torch.cuda.is_available(),
     )
     return loader, sampler, val_loader
 

@@ -97,14 +97,16 @@ def _loss(t: Trainee, out, y: torch.Tensor, target: torch.Tensor, mask: list[tor
 
 
 def train_one_epoch(t: Trainee, loader) -> tuple[float, int, Counter]:
-    """(sum of per-image losses, images seen, class indices drawn) for one pass over this worker's shard."""
+    """(sum of per-image losses, images seen, class indices drawn) for one pass over this worker's shard. The loss
+    and the drawn classes stay on the device until the epoch ends: reading them per step (`float(loss)`,
+    `y.tolist()`) would make the CPU wait for the GPU at every step."""
     t.model.train()
-    drawn: Counter = Counter()
-    loss_sum, n_seen = 0.0, 0
+    drawn: list[torch.Tensor] = []
+    loss_sum, n_seen = torch.zeros((), device=t.device), 0
     for batch in loader:
         x, y, mask, meta = t.split_batch(batch)
         if not t.segment:
-            drawn.update(y.tolist())
+            drawn.append(y.detach())
         x, target = t.mixer(x, y) if t.mixer else (x, y)
         x = x.contiguous(memory_format=t.memory_format)
         if meta is not None:
@@ -117,9 +119,10 @@ def train_one_epoch(t: Trainee, loader) -> tuple[float, int, Counter]:
         t.sched.step()
         if t.ema:
             t.ema.update(t.unwrapped, step=t.sched.last_epoch)
-        loss_sum += float(loss.detach()) * len(x)
+        loss_sum += loss.detach().float() * len(x)
         n_seen += len(x)
-    return loss_sum, n_seen, drawn
+    counts = torch.cat(drawn).bincount().tolist() if drawn else []
+    return float(loss_sum), n_seen, Counter({k: n for k, n in enumerate(counts) if n})
 
 
 def validate(t: Trainee, loader) -> tuple[list[np.ndarray], list[np.ndarray], float]:
