@@ -51,8 +51,9 @@ def run(cfg: ConvertConfig) -> dict:
     work = Path(tempfile.mkdtemp(prefix="skinscan-convert-"))
     try:
         shutil.copytree(local_bundle(cfg.model), work, dirs_exist_ok=True)  # the node's cache stays as fetched
+        fetched = read_card(work)
         stats = convert(cfg, work)
-        publish_exports(work, cfg.model)
+        publish_exports(work, cfg.model, fetched)
         uri = cfg.model.rstrip("/")
         return {k: (f"{uri}/{Path(v).name}" if k in ("onnx", "tensorrt") else v) for k, v in stats.items()}
     finally:

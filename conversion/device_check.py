@@ -1,27 +1,30 @@
-"""Device check of the whole per-image GPU path, prepared to run in one call on a lent GPU machine.
+"""Device check of the GPU path as it ships, prepared to run in one call on a lent GPU machine.
 
-What a screening actor does per image, on the GPU, measured end to end in images/s per batch size:
-nvJPEG decode of real JPEGs (torchvision.io) -> resize + normalise on the GPU -> U-Net segmenter and Swin-T
-classifier (logits and last feature map) in fp32 / fp16 / bf16 / torch.compile fp16 -> fast CAM from the features.
-Every variant is compared with fp32 on the CPU on the same decoded images (max |logit diff|, top-1 agreement,
-mask agreement, CAM max |diff|). ONNX Runtime's CUDA provider is measured too where it is installed (the
-CPU provider in a dry run).
+It runs SkinScan's own code where that code runs without Ray and pydantic (the GPU machine has torch, torchvision,
+timm and onnxruntime, neither Ray nor pydantic): the decode stage's nvJPEG path (`skinscan/data/gpu_decode.py`,
+against the CPU path's pixels), the predictors' host<->device staging (`skinscan/runtime/staging.py`: pinned
+buffers, copies overlapping compute, one sync a batch) around the U-Net + Swin-T + fast CAM at fp32 / fp16 / bf16
+(the model cast as `TorchPredictor` casts it) and torch.compile fp16, and one epoch of the training step
+(`skinscan/training/steps.py`: pinned loader memory, no per-step sync). Bundles, cards and Ray actors are not run
+here (they need pydantic and Ray). Parity against fp32 on the CPU on the same decoded pixels; the JSON is written
+after every step, so a timeout keeps what finished. `--dry` runs the same code on the CPU with a tiny Swin (CI).
 
-The GPU machine has torch, torchvision, timm and onnxruntime but neither Ray nor pydantic, so this file imports
-nothing from SkinScan's packages except `skinscan/models/unet.py`, loaded by path. Models are random-init
-(compute is what is measured). `--dry` runs the same code on the CPU with a tiny Swin and two batch sizes (CI).
+    python -m conversion.device_check --images DIR --out conversion/results/device_check_h200.json
+    python -m conversion.device_check --dry --out /tmp/device_check.json
 
-    python conversion/device_check.py --images DIR --out conversion/results/device_check_h200.json
-    python conversion/device_check.py --dry --out /tmp/device_check.json
+(from the repository root: `skinscan.data.gpu_decode` and `skinscan.data.imageio` are imported as modules; they and
+their package __init__ files import neither Ray nor pydantic)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import io
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -35,11 +38,17 @@ STD = (0.229, 0.224, 0.225)
 TINY_SWIN = {"embed_dim": 32, "depths": [1, 1], "num_heads": [2, 4], "window_size": 4}
 
 
-def load_unet_class():
-    spec = importlib.util.spec_from_file_location("skinscan_unet", ROOT / "skinscan" / "models" / "unet.py")
+def by_path(name: str, relative: str):
+    """A SkinScan module loaded from its file, without its package's __init__ (which imports pydantic)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module.UNet
+    return module
+
+
+def load_unet_class():
+    return by_path("skinscan_unet", "skinscan/models/unet.py").UNet
 
 
 def synthetic_jpegs(n: int, size=(1024, 768), seed: int = 0) -> list[bytes]:
@@ -69,25 +78,27 @@ def read_jpegs(folder: str | None, n: int) -> tuple[list[bytes], str]:
     return synthetic_jpegs(min(n, 16)) * (n // min(n, 16) + 1), "synthetic ~1 MP JPEGs"
 
 
-def decode(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
-    """nvJPEG on CUDA (batched), libjpeg through torchvision on the CPU: uint8 CHW tensors."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+def decode(datas: list[bytes], device: torch.device, size: int) -> np.ndarray:
+    """The decode stage's GPU path (`gpu_decode_jpegs`, as `decode_batch` calls it): NHWC uint8 on the host."""
+    from skinscan.data.gpu_decode import gpu_decode_jpegs, read_header
 
-    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    if device.type == "cuda":
-        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device="cuda")
-    return [decode_jpeg(t, mode=ImageReadMode.RGB) for t in tensors]
+    out = gpu_decode_jpegs(datas, size, [read_header(d, "check", 10**9) for d in datas], device=device.type)
+    if any(o is None for o in out):
+        raise RuntimeError("a JPEG the GPU path refused")
+    return np.stack(out)
 
 
-def preprocess(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """Resize each image to size x size (bilinear, antialiased) and normalise: NCHW float32 on the images' device."""
-    x = torch.cat(
-        [F.interpolate(im[None].float(), size=(size, size), mode="bilinear", antialias=True) for im in images]
-    )
-    x = x.clamp(0, 255).round() / 255.0
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+def cpu_path(datas: list[bytes], size: int) -> np.ndarray:
+    """The decode stage's CPU path: Pillow in draft mode, EXIF orientation, bilinear resize."""
+    from skinscan.data.imageio import decode_image, resize_square
+
+    return np.stack([resize_square(decode_image(d, "check", draft_size=size), size) for d in datas])
+
+
+def normalise(batch_u8: np.ndarray) -> np.ndarray:
+    """`data.preprocess.normalize_batch` with ImageNet statistics (that module imports pydantic)."""
+    x = batch_u8.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    return np.ascontiguousarray((x - np.float32(MEAN)[None, :, None, None]) / np.float32(STD)[None, :, None, None])
 
 
 class Screen(torch.nn.Module):
@@ -117,28 +128,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def end_to_end(model, datas, device, dtype, size, batch, reps) -> float:
-    """images/s from JPEG bytes to (logits, CAM, mask) on `device`."""
-
-    def once(chunk):
-        x = preprocess(decode(chunk, device), size)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = model(x)
-        return out
-
+def end_to_end(run, datas, device, size, batch, reps) -> float:
+    """images/s from JPEG bytes to (logits, CAM, mask) on the host, as a screening actor gets them."""
     chunks = [datas[i : i + batch] for i in range(0, len(datas) - batch + 1, batch)][: max(1, reps)]
-    once(chunks[0])  # warm-up (and compilation)
-    once(chunks[0])
+    run(normalise(decode(chunks[0], device, size)))  # warm-up (and compilation)
     sync(device)
     t = time.perf_counter()
     for c in chunks:
-        once(c)
-    sync(device)
+        run(normalise(decode(c, device, size)))
     return round(len(chunks) * batch / (time.perf_counter() - t), 1)
 
 
 def parity(ref, got) -> dict:
-    (rl, rc, rm), (gl, gc, gm) = ref, got
+    (rl, rc, rm), (gl, gc, gm) = (
+        (torch.as_tensor(np.asarray(t)) for t in ref),
+        (torch.as_tensor(np.asarray(t)) for t in got),
+    )
+    rm, gm = rm > 0.5, gm > 0.5
     return {
         "max_abs_logit_diff": float((rl - gl).abs().max()),
         "top1_agreement": float((rl.argmax(1) == gl.argmax(1)).float().mean()),
@@ -190,12 +196,53 @@ def onnxruntime_check(classifier, x_cpu: np.ndarray, batches, reps, ref_logits, 
         return res
 
 
+def train_check(device: torch.device, size: int, dry: bool) -> dict:
+    """Two epochs of the shipped training step (`steps.train_one_epoch`) on random tensors, loader memory pinned
+    and batches moved without blocking as Ray Train moves them; the second epoch timed."""
+    import timm
+
+    steps = by_path("skinscan_steps", "skinscan/training/steps.py")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", num_classes=4, img_size=size, **(TINY_SWIN if dry else {})
+    ).to(device)
+    n, batch = (32, 8) if dry else (1024, 128)
+    data = torch.utils.data.TensorDataset(torch.randn(n, 3, size, size), torch.randint(0, 4, (n,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, pin_memory=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    trainee = steps.Trainee(
+        model=model,
+        unwrapped=model,
+        opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+        ema=None,
+        criterion=torch.nn.CrossEntropyLoss(),
+        mixer=None,
+        device=device,
+        memory_format=torch.contiguous_format,
+        use_amp=device.type == "cuda",
+        task="classify",
+    )
+
+    def moved():
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    steps.train_one_epoch(trainee, moved())
+    sync(device)
+    t = time.perf_counter()
+    loss_sum, seen, drawn = steps.train_one_epoch(trainee, moved())
+    dt = time.perf_counter() - t
+    return {"images": seen, "img_per_s": round(seen / dt, 1), "mean_loss": round(loss_sum / seen, 4),
+            "classes_drawn": sum(drawn.values()), "batch": batch, "amp_bf16": device.type == "cuda"}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     import timm
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", help="folder of real JPEGs (default: synthetic)")
-    p.add_argument("--out", help="write the JSON here")
+    p.add_argument("--out", help="write the JSON here (after every step)")
     p.add_argument("--dry", action="store_true", help="CPU, tiny Swin, two batch sizes: checks the script itself")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes")
     p.add_argument("--no-compile", action="store_true")
@@ -210,18 +257,13 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    staging = by_path("skinscan_staging", "skinscan/runtime/staging.py")
     torch.manual_seed(0)
     kwargs = TINY_SWIN if a.dry else {}
     classifier = timm.create_model("swin_tiny_patch4_window7_224", num_classes=8, img_size=size, **kwargs).eval()
     segmenter = load_unet_class()(base=8 if a.dry else 16, depth=3 if a.dry else 4).eval()
     screen = Screen(classifier, segmenter, seg_size).eval()
     datas, source = read_jpegs(a.images, max(batches) * reps + max(batches))
-
-    # reference: fp32 on the CPU, the same decoded images
-    n_par = min(32, len(datas))
-    x_cpu = preprocess(decode(datas[:n_par], torch.device("cpu")), size)
-    with torch.inference_mode():
-        ref = [t.float() if t.dtype != torch.bool else t for t in screen(x_cpu)]
     info = {
         "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
         "dry_run": a.dry,
@@ -231,41 +273,88 @@ def main(argv: list[str] | None = None) -> dict:
         "classifier": "swin_tiny_patch4_window7_224" + (" (tiny kwargs)" if a.dry else ""),
         "input_size": size,
         "segmenter_input_size": seg_size,
-        "pipeline": "JPEG bytes -> decode (nvJPEG on CUDA) -> resize+normalise -> U-Net + Swin-T -> fast CAM",
+        "pipeline": "JPEG bytes -> skinscan/data/gpu_decode.py (nvJPEG on CUDA) -> host uint8 -> normalise -> "
+        "skinscan/runtime/staging.py (pinned, overlapped) -> U-Net + Swin-T + fast CAM in the variant's dtype",
+        "micro_batch": staging.MICRO_BATCH,
+        "steps_done": [],
         "variants": [],
     }
-    model = screen.to(device)
-    variants = {"fp32": (model, torch.float32), "fp16": (model, torch.float16), "bf16": (model, torch.bfloat16)}
-    if cuda and not a.no_compile:
-        variants["compile-fp16"] = (torch.compile(model), torch.float16)
-    gpu_x = preprocess(decode(datas[:n_par], device), size)
-    for name, (m, dtype) in variants.items():
-        if device.type == "cpu" and dtype == torch.float16:
-            continue  # no fp16 autocast worth measuring on a CPU
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            got = [t.float().cpu() if t.dtype != torch.bool else t.cpu() for t in m(gpu_x)]
-        row = {"variant": name, **parity(ref, got), "img_per_s_end_to_end": {}}
-        for b in batches:
-            row["img_per_s_end_to_end"][b] = end_to_end(m, datas, device, dtype, size, b, reps)
-        info["variants"].append(row)
-        print(
-            f"{name:13s} logits {row['max_abs_logit_diff']:.2e} top1 {row['top1_agreement']:.3f} "
-            f"cam {row['cam_max_abs_diff']:.2e} mask {row['mask_agreement']:.4f}  "
-            + "  ".join(f"b{b}:{v:>8.1f}" for b, v in row["img_per_s_end_to_end"].items()),
-            flush=True,
-        )
-    # decode alone, for the share of the path it takes
+
+    def save(step: str, what: str, figures: str) -> None:
+        info["steps_done"].append(step)
+        if a.out:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(info, indent=2))
+        print(f"[device check] {len(info['steps_done'])}. {step}: {what}: {figures}; JSON written", flush=True)
+
+    # 1. the decode stage's GPU path against its CPU path, and its rate
+    n_par = min(32, len(datas))
+    gpu_u8, cpu_u8 = decode(datas[:n_par], device, size), cpu_path(datas[:n_par], size)
+    diff = np.abs(gpu_u8.astype(int) - cpu_u8)
     t = time.perf_counter()
-    chunk = datas[: max(batches)]
-    decode(chunk, device)
-    sync(device)
-    info["decode_img_per_s"] = round(len(chunk) / (time.perf_counter() - t), 1)
+    decode(datas[: max(batches)], device, size)
+    info["decode"] = {
+        "vs_cpu_path_mean_abs": round(float(diff.mean()), 3),
+        "vs_cpu_path_p99_abs": float(np.percentile(diff, 99)),
+        "vs_cpu_path_max_abs": int(diff.max()),
+        "img_per_s": round(max(batches) / (time.perf_counter() - t), 1),
+    }
+    info["decode_img_per_s"] = info["decode"]["img_per_s"]
+    d = info["decode"]
+    save(
+        "decode",
+        "skinscan/data/gpu_decode.py against the CPU path (skinscan/data/imageio.py)",
+        f"mean |diff| {d['vs_cpu_path_mean_abs']} grey levels, p99 {d['vs_cpu_path_p99_abs']:g}, "
+        f"{d['img_per_s']} img/s",
+    )
+
+    # 2. the model stages through the shipped staging, each variant against fp32 on the CPU, same pixels
+    x_np = normalise(gpu_u8)
+    with torch.inference_mode():
+        ref = [t.float().numpy() for t in screen(torch.from_numpy(x_np))]
+    variants = [("fp32", torch.float32, False), ("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)]
+    if cuda and not a.no_compile:
+        variants.append(("compile-fp16", torch.float16, True))
+    for name, dtype, compiled in variants:
+        if device.type == "cpu" and dtype == torch.float16:
+            continue  # no fp16 kernels worth measuring on a CPU
+        model = copy.deepcopy(screen).to(device, dtype)  # cast as TorchPredictor casts it
+        if compiled:
+            model = torch.compile(model)  # as TorchPredictor compiles; staging pads every micro-batch to 128 rows
+        stage = staging.Staging(device)
+        run = lambda x, m=model, st=stage, d=dtype: st.run(m, [x], [d])  # noqa: E731
+        row = {"variant": name, **parity(ref, run(x_np)), "img_per_s_end_to_end": {}}
+        for b in batches:
+            row["img_per_s_end_to_end"][b] = end_to_end(run, datas, device, size, b, reps)
+        info["variants"].append(row)
+        save(
+            name,
+            "U-Net + Swin-T + fast CAM through skinscan/runtime/staging.py",
+            f"logits {row['max_abs_logit_diff']:.2e} top1 {row['top1_agreement']:.3f} cam "
+            f"{row['cam_max_abs_diff']:.2e} mask {row['mask_agreement']:.4f}, img/s "
+            + " ".join(f"b{b}:{v:.0f}" for b, v in row["img_per_s_end_to_end"].items()),
+        )
+
+    # 3. ONNX Runtime (CUDA provider on the GPU machine)
     provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
-    info["onnxruntime"] = onnxruntime_check(classifier, x_cpu.numpy(), batches, reps, ref[0].numpy(), provider)
+    info["onnxruntime"] = onnxruntime_check(classifier, x_np, batches, reps, ref[0], provider)
+    o = info["onnxruntime"]
+    save(
+        "onnxruntime", provider, o.get("skipped") or f"logits {o['max_abs_logit_diff']:.2e} top1 {o['top1_agreement']}"
+    )
+    try:
+        import tensorrt  # noqa: F401
+
+        info["tensorrt"] = {"skipped": "installed, but engines are built by skinscan convert (pydantic)"}
+    except ImportError:
+        info["tensorrt"] = {"skipped": "TensorRT is not installed on this machine"}
+
+    # 4. the training step
+    info["training"] = train_check(device, size, a.dry)
+    t = info["training"]
+    save("training", "skinscan/training/steps.py train_one_epoch", f"{t['img_per_s']} img/s, loss {t['mean_loss']}")
     print(json.dumps({k: v for k, v in info.items() if k != "variants"}))
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(info, indent=2))
         print(f"-> {a.out}")
     return info
 

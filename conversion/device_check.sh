@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 images=()
 [ -d .gpu/images ] && images=(--images .gpu/images)
-PYTHONUNBUFFERED=1 python3 conversion/device_check.py "${images[@]}" --out "${OUT:-.}/device_check.json" "$@"
+PYTHONUNBUFFERED=1 python3 -m conversion.device_check "${images[@]}" --out "${OUT:-.}/device_check.json" "$@"

@@ -289,18 +289,23 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """What each shipped config's test did with it (tests/test_shipped_configs.py), read from the test reports so
-    that runs split over pytest-xdist workers list them too."""
-    lines = sorted(
-        value
-        for report in terminalreporter.stats.get("passed", [])
-        for key, value in getattr(report, "user_properties", ())
-        if key == "shipped_config"
-    )
-    if lines:
-        terminalreporter.write_sep("-", f"shipped configs ({len(lines)})")
-        for line in lines:
-            terminalreporter.write_line(f"  {line}")
+    """What each shipped config's test did with it (tests/test_shipped_configs.py) and what the device check's dry
+    run printed (tests/test_device_check.py), read from the test reports so that runs split over pytest-xdist
+    workers list them too."""
+    for wanted, title, keep_order in (
+        ("shipped_config", "shipped configs", False),
+        ("device_check", "bash conversion/device_check.sh --dry", True),
+    ):
+        lines = [
+            value
+            for report in terminalreporter.stats.get("passed", [])
+            for key, value in getattr(report, "user_properties", ())
+            if key == wanted
+        ]
+        if lines:
+            terminalreporter.write_sep("-", f"{title} ({len(lines)})")
+            for line in lines if keep_order else sorted(lines):
+                terminalreporter.write_line(f"  {line}")
 
 
 SHARE_THE_DEMO = ("test_demo.py", "test_readme.py", "test_shipped_configs.py")

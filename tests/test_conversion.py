@@ -174,9 +174,17 @@ def test_convert_reads_and_writes_an_object_store_bundle(s3_server, tmp_path, mo
     use_s3(monkeypatch, endpoint)
     uri = f"s3://skinscan-test/bundles/convert-{tmp_path.name}"
     publish_bundle(make_bundle(tmp_path / "b"), uri)
-    card = json.loads(storage.read_bytes(f"{uri}/model_card.json"))
-    card["exports"]["tensorrt_fp16"] = {"file": "model.fp16.engine", "sha256": "0" * 64}  # built on another worker
-    storage.write_bytes(f"{uri}/model_card.json", json.dumps(card).encode())
+    from conversion import convert as convert_module
+
+    real = convert_module.convert
+
+    def another_worker_finishes_meanwhile(cfg, bundle):
+        card = json.loads(storage.read_bytes(f"{uri}/model_card.json"))
+        card["exports"]["tensorrt_fp16"] = {"file": "model.fp16.engine", "sha256": "0" * 64}
+        storage.write_bytes(f"{uri}/model_card.json", json.dumps(card).encode())
+        return real(cfg, bundle)
+
+    monkeypatch.setattr(convert_module, "convert", another_worker_finishes_meanwhile)
     stats = run(ConvertConfig(model=uri))
     assert stats["onnx"] == f"{uri}/model.onnx" and stats["onnx_parity"]["top1_agreement"] == 1.0
     after = read_card(uri)

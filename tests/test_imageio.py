@@ -88,9 +88,9 @@ def test_draft_mode_decodes_smaller_but_large_enough():
 
 
 def _gpu_path(datas: list[bytes], size: int, **kw) -> list:
-    from skinscan.screening.stages import _header, gpu_decode_jpegs
+    from skinscan.data.gpu_decode import gpu_decode_jpegs, read_header
 
-    return gpu_decode_jpegs(datas, size, [_header(d, "t.jpg", 10**9) for d in datas], device="cpu", **kw)
+    return gpu_decode_jpegs(datas, size, [read_header(d, "t.jpg", 10**9) for d in datas], device="cpu", **kw)
 
 
 def _cpu_path(data: bytes, size: int) -> np.ndarray:
@@ -140,3 +140,12 @@ def test_gpu_decode_falls_back_per_image_and_bounds_memory_by_bytes(monkeypatch)
     assert out[1] is None and all(o is not None and o.shape == (32, 32, 3) for i, o in enumerate(out) if i != 1)
     # chunks of 3 images' bytes; the chunk with the bad file retried image by image, the next one batched again
     assert calls == [3, 1, 1, 1, 3]
+
+
+def test_gpu_decode_of_an_image_smaller_than_the_work_size():
+    """A 200x150 JPEG at a 224 work size (a crop_to_lesion run doubles it): no draft reduction, upscaled as the
+    CPU path upscales it (this once raised StopIteration and failed the whole batch)."""
+    rng = np.random.default_rng(3)
+    data = _encode(Image.fromarray(np.repeat(rng.integers(0, 255, (15, 20, 3), np.uint8), 10, 0).repeat(10, 1)), "JPEG")
+    (got,) = _gpu_path([data], 224)
+    assert got.shape == (224, 224, 3) and np.abs(got.astype(int) - _cpu_path(data, 224)).mean() < 2

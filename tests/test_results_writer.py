@@ -103,6 +103,12 @@ def test_a_part_of_an_older_schema_is_read_with_its_new_columns_null(tmp_path):
     assert len(t["uri"]) == 5 and dict(zip(t["uri"], t["metadata_used"]))["o1"] is None
     counts = count_results(str(out), uri_keys(["n1", "n2", "o1", "o2", "o3"]))
     assert counts["complete"] and counts["rows"] == 5
+    # a schema v1 part (no `uri_key`) beside v2 parts: its keys come from its URIs, the others' from the column
+    pq.write_table(old.drop_columns(["uri_key"]), out / "results" / "part-old.parquet")
+    counts = count_results(str(out), uri_keys(["n1", "n2", "o1", "o2", "o3"]))
+    assert counts["complete"] and counts["rows"] == 5 and counts["duplicates"] == 0
+    t = read_results(str(out), ["uri", "uri_key"]).to_pydict()
+    assert [k is None for k in t["uri_key"]].count(True) == 3
 
 
 @pytest.mark.parametrize("content", [b"", b"PAR1 torn in the middle"], ids=["empty", "torn"])
@@ -239,7 +245,7 @@ def test_a_readable_part_of_another_schema_is_a_one_line_error_not_set_aside(tmp
     t = t.set_column(t.schema.get_field_index("confidence"), "confidence", pa.array(["high", "low"]))
     pq.write_table(t, out / "results" / "part-other.parquet")
     assert done_keys(str(out), uri_keys(["a", "c"]))[1] == 2  # resume reads only `uri`: the part counts
-    with pytest.raises(SkinScanError, match=r"part-other.parquet: its columns do not fit schema v1"):
+    with pytest.raises(SkinScanError, match=r"part-other.parquet: its columns do not fit schema v2"):
         read_results(str(out), ["uri", "confidence"], aside=[])
     assert (out / "results" / "part-other.parquet").exists() and not (out / "set_aside").exists()
 

@@ -66,9 +66,25 @@ def latency_proxy(target_port: int, latency_ms: float) -> tuple[ThreadingHTTPSer
     return server, port
 
 
+def _weed_port() -> int:
+    """A port p with p and p + 10000 free: SeaweedFS puts each service's gRPC on port + 10000 (an ephemeral port
+    above 55535 has none, and the server then never starts)."""
+    import random
+
+    while True:
+        base = random.randint(15000, 45000)
+        try:
+            for off in (0, 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", base + off))
+            return base
+        except OSError:
+            continue
+
+
 def _seaweed(data: Path) -> tuple[subprocess.Popen, int]:
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    port, mport, vport, fport = (_free_port() for _ in range(4))
+    port, mport, vport, fport = (_weed_port() for _ in range(4))
     proc = subprocess.Popen(
         [weed, "server", "-s3", f"-s3.port={port}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
          f"-master.port={mport}", f"-volume.port={vport}", f"-filer.port={fport}", f"-dir={data}",

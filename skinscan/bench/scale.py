@@ -252,7 +252,7 @@ def s3_prefix(n: int) -> tuple[str, object]:
         }
     )
     fs = s3fs.S3FileSystem(key="k", secret="s", client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # a loaded machine starts SeaweedFS slowly
     while True:
         try:
             fs.mkdir("bench")

@@ -229,21 +229,21 @@ def publish_bundle(local: str | Path, uri: str) -> None:
         raise BundleError(f"{uri}: the uploaded bundle does not read back identical (weights sha256 {back[:12]}…)")
 
 
-def publish_exports(local: str | Path, uri: str) -> None:
-    """Upload the exports of a converted local copy that the bundle at `uri` lacks or holds otherwise, then its
-    card, merged with the remote card as it is now (a conversion for another precision may have finished
-    meanwhile): the remote card's exports and parity stay, ours are added or replace theirs."""
+def publish_exports(local: str | Path, uri: str, fetched: ModelCard) -> None:
+    """Upload what this conversion made (the exports and parity entries of the local copy's card that differ from
+    `fetched`, its card when copied), then the remote card as it is now with those entries added or replaced:
+    another conversion that finished meanwhile (another precision) keeps its entries. Two conversions of the same
+    export at once still race (the last card wins); run one per export."""
     local, uri = Path(local), uri.rstrip("/")
     ours = read_card(local)
-    theirs = ModelCard.model_validate_json(storage.read_bytes(f"{uri}/{CARD}"))
+    exports = {k: e for k, e in ours.exports.items() if fetched.exports.get(k) != e}
+    parity = {k: v for k, v in ours.parity.items() if fetched.parity.get(k) != v}
+    for name in sorted({e.file for e in exports.values()}):
+        storage.write_bytes(f"{uri}/{name}", (local / name).read_bytes())
+    theirs = ModelCard.model_validate_json(storage.read_bytes(f"{uri}/{CARD}"))  # read last: the newest
     if theirs.weights_sha256 != ours.weights_sha256:
         raise BundleError(f"{uri}: its weights changed while converting; convert again")
-    new = [e.file for k, e in ours.exports.items() if theirs.exports.get(k) != e]
-    for name in sorted(set(new)):
-        storage.write_bytes(f"{uri}/{name}", (local / name).read_bytes())
-    merged = theirs.model_copy(
-        update={"exports": {**theirs.exports, **ours.exports}, "parity": {**theirs.parity, **ours.parity}}
-    )
+    merged = theirs.model_copy(update={"exports": {**theirs.exports, **exports}, "parity": {**theirs.parity, **parity}})
     storage.write_bytes(f"{uri}/{CARD}", json.dumps(merged.model_dump(mode="json", by_alias=True), indent=2).encode())
 
 

@@ -48,9 +48,14 @@ def read_inputs(uri: str, chunk_rows: int, runtime_env: dict | None = None, unit
         InputSource(units, chunk_rows),
         override_num_blocks=max(1, len(units)),
         num_cpus=LISTING_CPUS,
-        concurrency=MAX_READ_TASKS,  # no CPU share bounds them: a folder of thousands of subfolders
+        concurrency=read_tasks(units),  # no CPU share bounds them: a folder of thousands of subfolders
         **({"runtime_env": runtime_env} if runtime_env else {}),
     )
+
+
+def read_tasks(units: list) -> int:
+    """Read tasks at once: one per unit, at most `MAX_READ_TASKS`."""
+    return max(1, min(len(units), MAX_READ_TASKS))
 
 
 def _keep_all(batch):
@@ -70,7 +75,7 @@ def stream_inputs(inputs, block_rows: int, fn=None, fn_kwargs: dict | None = Non
         batch_size=None,
         batch_format="numpy",
         fn_kwargs=fn_kwargs,
-        concurrency=MAX_READ_TASKS,
+        concurrency=inputs._logical_plan.dag.compute.size,  # the read's task pool: the two fuse
         **remote,
     )
     ds = ds.repartition(target_num_rows_per_block=block_rows)

@@ -105,6 +105,8 @@ def differences(old: dict, new: dict) -> dict[str, tuple]:
     diff = {}
     for k in [*new, *(k for k in old if k not in new)]:
         a, b = old.get(k, MAKER_DEFAULTS.get(k)), new.get(k, MAKER_DEFAULTS.get(k))
+        if k == "schema_version" and a is not None and b is not None and a <= b:
+            continue  # older parts are read with the current schema: a newer version adds to an output
         if a != b and not (k == "export_sha256" and (a is None or b is None)):
             diff[k] = (a, b)
     return diff

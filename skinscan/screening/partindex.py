@@ -18,7 +18,8 @@ from skinscan.screening.writer import list_parts, read_results
 PARTS_PER_SCAN = 64
 """Parts per scan task: 16,384 rows at the default 256 rows a part, a fraction of a second locally, a few seconds
 on an object store (one GET per part, the task's reads in parallel)."""
-COUNT_COLUMNS = ["uri", "status", "error_type", "predicted_class", "flagged", "metadata_used"]
+COUNT_COLUMNS = ["uri_key", "status", "error_type", "predicted_class", "flagged", "metadata_used"]
+"""Light columns: the key, not the URI (8 bytes a row, nothing to hash), except in parts older than schema v2."""
 
 
 def scan(output: str, parts: list[str], set_aside: bool = False) -> dict:
@@ -35,10 +36,16 @@ def scan(output: str, parts: list[str], set_aside: bool = False) -> dict:
     def tally(column) -> dict:
         return {d["values"]: d["counts"] for d in pc.value_counts(column.drop_null()).to_pylist()}
 
+    stored = t.column("uri_key")
+    keys = np.array(pc.fill_null(stored, 0).to_numpy(), np.uint64)  # writable: older parts fill in below
+    if stored.null_count:  # parts older than schema v2: their keys from the URIs (the same parts, the same order)
+        uris = read_results(output, ["uri"], parts=[p for p in parts if p.rsplit("/", 1)[-1] not in (aside or [])])
+        missing = pc.is_null(stored).to_numpy(zero_copy_only=False)
+        keys[missing] = uri_keys(uris.column("uri").filter(pc.is_null(stored)).to_pylist())
     return {
         "parts": list(parts),
         "aside": aside or [],
-        "keys": uri_keys(t.column("uri").to_pylist()),
+        "keys": np.sort(keys),  # sorted here, in parallel: the merge then only joins sorted runs
         "rows": t.num_rows,
         "ok": n_ok,
         "errors": t.num_rows - n_ok,
@@ -53,10 +60,20 @@ def groups(parts: list[str], size: int = PARTS_PER_SCAN) -> list[list[str]]:
     return [parts[i : i + size] for i in range(0, len(parts), size)]
 
 
+def _joined(scans: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(every key, sorted, duplicates kept; the sorted unique keys) from the scans' sorted runs: a stable sort of
+    concatenated runs merges them (timsort), far cheaper than sorting from scratch at millions of keys."""
+    if not scans:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    keys = np.sort(np.concatenate([s["keys"] for s in scans]), kind="stable")
+    first = np.ones(len(keys), bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys, keys[first]
+
+
 def merge_done(*scans: dict) -> tuple[np.ndarray, int, list[str]]:
     """(sorted unique keys of every written input, how many, the parts set aside): the resume index."""
-    keys = [s["keys"] for s in scans]
-    done = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+    _, done = _joined(list(scans))
     return done, len(done), [a for s in scans for a in s["aside"]]
 
 
@@ -64,8 +81,7 @@ def merge_counts(scans: list[dict], input_keys: np.ndarray | None = None, output
     """The summary's counts from scans that together cover every part once, matched against `input_keys` (the
     listing's) when given: inputs without a row (missing) and rows whose input is no longer listed (stale; up to 3
     named, found by reading `output`'s URIs again only when there are any)."""
-    written = np.concatenate([s["keys"] for s in scans]) if scans else np.zeros(0, np.uint64)
-    unique = np.unique(written)
+    written, unique = _joined(scans)
     dup = int(len(written) - len(unique))
     per_class: Counter = Counter()
     errors: Counter = Counter()
@@ -116,8 +132,9 @@ def stale_examples(output: str, stale: np.ndarray, scans: list[dict], k: int = 3
 
 
 def count_results(output: str, input_keys: np.ndarray | None = None) -> dict:
-    """The counts of everything written so far, in this process (the report, tests; a run uses tasks)."""
-    return merge_counts([scan(output, list_parts(output))], input_keys, output)
+    """The counts of everything written so far, in this process, a group at a time (the report, tests; a run uses
+    tasks): memory holds one group's rows and 8 bytes a row for the keys."""
+    return merge_counts([scan(output, g) for g in groups(list_parts(output))], input_keys, output)
 
 
 def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.ndarray, int, list[str]]:

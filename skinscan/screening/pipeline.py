@@ -399,8 +399,8 @@ def _merge_keys(*keys: np.ndarray) -> tuple[np.ndarray, int]:
 def list_keys(units: list, env: dict) -> tuple[list, object, object]:
     """Every input's key, listed in tasks beside the screening (which streams its own listing): (the tasks, an
     ObjectRef of the sorted unique keys, an ObjectRef of how many). 8 bytes an input, in the object store."""
-    tasks = [_task(_units_keys, env, num_cpus=0).remote(units[i::LISTING_TASKS]) for i in range(LISTING_TASKS)]
-    tasks = tasks[: max(1, min(len(units), LISTING_TASKS))]
+    n = max(1, min(len(units), LISTING_TASKS))
+    tasks = [_task(_units_keys, env, num_cpus=0).remote(units[i::n]) for i in range(n)]
     keys, n = _task(_merge_keys, env, num_returns=2).remote(*tasks)
     return tasks, keys, n
 

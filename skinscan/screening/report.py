@@ -17,7 +17,7 @@ from PIL import Image
 from skinscan.data import storage
 from skinscan.data.taxonomy import CLASS_DESCRIPTIONS, ISIC2019_CLASSES, MALIGNANT
 from skinscan.screening.schema import PROB_COLUMNS
-from skinscan.screening.writer import HEAVY_COLUMNS, read_results
+from skinscan.screening.writer import HEAVY_COLUMNS, list_parts, read_results
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;
@@ -141,7 +141,7 @@ REPORT_COLUMNS = [
     *("lesion_area", "heatmap_method", "heatmap_class", "t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms"),
     *PROB_COLUMNS,
 ]
-"""What the report reads of every row (not sha256, versions, placement: at millions of rows each is ~100 MB)."""
+"""What the report reads of every row, a group of parts at a time (not sha256, versions, placement)."""
 MAX_ERRORS = 500
 """Error rows listed in the report (all of them are in the results)."""
 
@@ -149,44 +149,53 @@ MAX_ERRORS = 500
 def write_report(output: str, path: str | None = None, max_flagged: int = 60) -> Path | str:
     """Write the report (default: beside the results, on whatever filesystem they are); returns its local path, or
     its URI on an object store."""
+    import pandas as pd
     import pyarrow.compute as pc
 
     from skinscan.screening.output import read_summary
-    from skinscan.screening.partindex import count_results
+    from skinscan.screening.partindex import count_results, groups
 
-    t = read_results(output, REPORT_COLUMNS)  # every row, no images, in Arrow: pandas gets only the rows shown
     s = count_results(output)
     target = path or f"{str(output).rstrip('/')}/report.html"
-    is_ok = pc.fill_null(pc.equal(t["status"], "ok"), False)
-    ok = t.filter(is_ok)
-    is_flag = pc.fill_null(ok["flagged"], False)
-    flagged = ok.filter(is_flag).to_pandas()
-    mal_cols = [f"prob_{c}" for c in MALIGNANT if f"prob_{c}" in flagged]
-    flagged["_risk"] = flagged[mal_cols].max(axis=1) if mal_cols else 0
-    flagged = flagged.sort_values("_risk", ascending=False)
+    top, errors, ids, sums, rule_seen = None, [], set(), {}, None
+    # a group of parts at a time: what the page shows is kept (the riskiest flagged rows, the first errors, sums),
+    # so memory is bounded by a group, not by the output's millions of rows
+    for group in groups(list_parts(output)):
+        t = read_results(output, REPORT_COLUMNS, parts=group)
+        is_ok = pc.fill_null(pc.equal(t["status"], "ok"), False)
+        ok = t.filter(is_ok)
+        is_flag = pc.fill_null(ok["flagged"], False)
+        flagged = ok.filter(is_flag).to_pandas()
+        mal_cols = [f"prob_{c}" for c in MALIGNANT if f"prob_{c}" in flagged]
+        flagged["_risk"] = flagged[mal_cols].max(axis=1) if mal_cols else 0
+        top = flagged if top is None else pd.concat([top, flagged], ignore_index=True)
+        top = top.nlargest(max_flagged * 2, "_risk") if len(top) else top
+        if len(errors) < MAX_ERRORS:
+            bad = t.filter(pc.invert(is_ok)).select(["uri", "error_type", "error_message"])
+            errors += bad.slice(0, MAX_ERRORS - len(errors)).to_pylist()
+        ids |= {v for col in ("model_id", "segmenter_id") for v in pc.unique(ok[col]).to_pylist() if v is not None}
+        for k in ("t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms"):
+            if ok[k].null_count < ok.num_rows:
+                total, n = sums.get(k, (0.0, 0))
+                sums[k] = (total + pc.sum(ok[k]).as_py(), n + ok.num_rows - ok[k].null_count)
+        unflagged = ok.filter(pc.invert(is_flag))["flag_rule"].drop_null()
+        rule_seen = rule_seen or (unflagged[0].as_py() if len(unflagged) else None)
+    top = top.sort_values("_risk", ascending=False) if top is not None else pd.DataFrame(columns=["uri", "_risk"])
     # images only for the gallery's rows (flagged rows without a thumbnail are skipped, as before)
-    top = flagged.head(max_flagged * 2)
     images = read_results(output, ["uri", *HEAVY_COLUMNS], uris=top["uri"].tolist()).to_pandas()
     shown = top.merge(images, on="uri", how="inner")
     shown = shown[shown["thumbnail_jpeg"].notna()].sort_values("_risk", ascending=False).head(max_flagged)
     items = "".join(_gallery_item(r) for r in shown.to_dict("records"))
-    errors = t.filter(pc.invert(is_ok)).select(["uri", "error_type", "error_message"])
-    n_errors = errors.num_rows
+    n_errors, n_flagged = s["errors"], s["flagged"]
     err_rows = "".join(
-        f"<tr><td class=id>{html.escape(str(r.uri))}</td><td>{html.escape(str(r.error_type))}</td>"
-        f"<td>{html.escape(str(r.error_message))}</td></tr>"
-        for r in errors.slice(0, MAX_ERRORS).to_pandas().itertuples()
+        f"<tr><td class=id>{html.escape(str(r['uri']))}</td><td>{html.escape(str(r['error_type']))}</td>"
+        f"<td>{html.escape(str(r['error_message']))}</td></tr>"
+        for r in errors
     )
-    ids = {v for col in ("model_id", "segmenter_id") for v in pc.unique(ok[col]).to_pylist() if v is not None}
     models = ", ".join(sorted(ids)) or "-"
-    timing = {
-        k: pc.mean(ok[k]).as_py()
-        for k in ("t_decode_ms", "t_segment_ms", "t_classify_ms", "t_explain_ms")
-        if ok[k].null_count < ok.num_rows
-    }
+    timing = {k: total / n for k, (total, n) in sums.items()}
     run = read_summary(output)
-    unflagged = ok.filter(pc.invert(is_flag))["flag_rule"].drop_null()
-    rule = run.get("flag", {}).get("rule") or (unflagged[0].as_py() if len(unflagged) else "-")
+    rule = run.get("flag", {}).get("rule") or rule_seen or "-"
     speed = f"{run['images_per_s']} images/s in the last run" if run.get("images_per_s") else ""
     page = f"""<!doctype html><html lang=en><head><meta charset=utf-8>
 <meta name=viewport content="width=device-width,initial-scale=1"><title>SkinScan screening report</title>
@@ -206,8 +215,8 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
 Screening output, not a diagnosis: flagged lesions need review by a clinician.</p>
 <h2>Class distribution (predicted)</h2>
 {_bar_chart(s["per_class"])}
-<h2>Flagged lesions ({len(flagged)}, highest risk first{
-        f", first {len(shown)} shown" if len(shown) < len(flagged) else ""
+<h2>Flagged lesions ({n_flagged}, highest risk first{
+        f", first {len(shown)} shown" if len(shown) < n_flagged else ""
     })</h2>
 <p class=muted>Left: image with the segmented lesion outline (green). Right: explanation heatmap for the
 predicted class (red = strongest evidence). Bars: top class probabilities.</p>

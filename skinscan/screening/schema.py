@@ -4,6 +4,7 @@
 |---|---|---|
 | schema_version | int32 | `SCHEMA_VERSION` |
 | image_id, uri | string | file stem (made unique) and the readable URI of the input |
+| uri_key | uint64 | the URI's 64-bit resume key (`data.listing.uri_keys`; v2: counts and resume read it, not the URI) |
 | sha256 | string | of the input's bytes (null if unreadable) |
 | status | string | `ok` or `error` |
 | error_type, error_message | string | for errors: empty, truncated, not_image, too_large, unsupported, |
@@ -37,7 +38,10 @@ import pyarrow as pa
 
 from skinscan.data.taxonomy import ISIC2019_CLASSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first parts (`metadata_used`, `node_id`, `actor_id` came later, null where absent); 2: `uri_key`. Parts of
+an older version are read with the current schema, the columns they lack as null (`uri_key` then computed from
+`uri`); a rerun into an older output writes v2 parts beside them."""
 PROB_COLUMNS = [f"prob_{c}" for c in ISIC2019_CLASSES]
 
 SCHEMA = pa.schema(
@@ -45,6 +49,7 @@ SCHEMA = pa.schema(
         ("schema_version", pa.int32()),
         ("image_id", pa.string()),
         ("uri", pa.string()),
+        ("uri_key", pa.uint64()),
         ("sha256", pa.string()),
         ("status", pa.string()),
         ("error_type", pa.string()),

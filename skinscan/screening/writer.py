@@ -206,6 +206,7 @@ def to_table(batch: dict) -> pa.Table:
             cols[field.name] = pa.array(
                 [x.item() if isinstance(x, np.generic) else x for x in arr.tolist()], type=field.type
             )
+    cols["uri_key"] = pa.array(uri_keys([str(u) for u in batch["uri"]]), pa.uint64())
     now = np.datetime64("now", "ms")
     cols["screened_at"] = pa.array(np.full(n, now), type=pa.timestamp("ms", tz="UTC"))
     return pa.table(cols, schema=SCHEMA)

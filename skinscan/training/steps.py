@@ -77,7 +77,7 @@ def lesion_mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 def withhold(meta: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The metadata batch with each row zeroed (unknown) with probability p: such rows train the image path."""
-    keep = torch.rand(len(meta), generator=generator) >= p
+    keep = torch.rand(len(meta), generator=generator).to(meta.device) >= p  # meta may be on the GPU already
     return meta * keep.to(meta.dtype)[:, None]
 
 
@@ -99,7 +99,8 @@ def _loss(t: Trainee, out, y: torch.Tensor, target: torch.Tensor, mask: list[tor
 def train_one_epoch(t: Trainee, loader) -> tuple[float, int, Counter]:
     """(sum of per-image losses, images seen, class indices drawn) for one pass over this worker's shard. The loss
     and the drawn classes stay on the device until the epoch ends: reading them per step (`float(loss)`,
-    `y.tolist()`) would make the CPU wait for the GPU at every step."""
+    `y.tolist()`) would make the CPU wait for the GPU at every step (the lesion-mask loss still checks which
+    images have a mask, one small wait a step for that task)."""
     t.model.train()
     drawn: list[torch.Tensor] = []
     loss_sum, n_seen = torch.zeros((), device=t.device), 0
