@@ -189,7 +189,8 @@ def test_evaluate_reports_the_operating_point_with_intervals_and_subgroups(overc
     assert r["calibration"]["temperature"] == card.calibration.temperature
     assert {row["attribute"] for row in r["subgroups"]} == {"age", "sex"}
     small = [row["small"] for row in r["subgroups"]]
-    assert small == [row["flag"]["positives"] < 20 for row in r["subgroups"]] and any(small) and not all(small)
+    assert small == [min(row["flag"]["positives"], row["flag"]["negatives"]) < 20 for row in r["subgroups"]]
+    assert any(row["flag"]["positives"] >= 20 and row["small"] for row in r["subgroups"])  # marked by negatives
     assert sum(row["n"] for row in r["subgroups"] if row["attribute"] == "sex") == r["n_images"]
     md = (tmp_path / "ev" / "evaluation.md").read_text()
     assert md.index("## Operating point") < md.index("## All figures")
@@ -280,3 +281,21 @@ def test_calibrate_splits_are_an_allow_list_and_a_clinic_set_is_checked_for_leak
         run(CalibrateConfig(model=str(a), data=str(manifest), split="holdout"))
     with pytest.raises(DataError, match="were in the model's training or validation split"):
         run(CalibrateConfig(model=str(a), data=str(manifest), split=None))
+
+
+def test_proportion_intervals_do_not_collapse_at_0_and_1_and_count_lesions():
+    """Wilson intervals on lesion counts: 20 of 20 positives found is not "1.000 (1.000-1.000)"; two images of one
+    lesion are one piece of evidence, not two."""
+    from skinscan.evaluation.metrics import clustered_rate_intervals, wilson_interval
+
+    lo, hi = wilson_interval(20, 20)
+    assert hi == 1.0 and 0.83 < lo < 0.85  # the textbook Wilson bound for 20/20
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and 0.27 < hi < 0.29
+    flagged = np.array([True] * 20 + [False] * 20)
+    positive = np.array([True] * 20 + [False] * 20)
+    each = clustered_rate_intervals(flagged, positive, [f"L{i}" for i in range(40)])
+    pairs = clustered_rate_intervals(flagged, positive, [f"L{i // 2}" for i in range(40)])  # two images a lesion
+    assert each["sensitivity"][0] < 1.0 and each["specificity"][1] == 1.0
+    assert pairs["sensitivity"][0] < each["sensitivity"][0]  # half the evidence: a wider interval
+    assert each["referrals_per_1000"][0] < 500 < each["referrals_per_1000"][1]

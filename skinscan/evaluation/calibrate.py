@@ -13,7 +13,7 @@ import pandas as pd
 
 from skinscan.config import CalibrateConfig
 from skinscan.errors import ConfigError, DataError
-from skinscan.evaluation.metrics import bootstrap_ci, expected_calibration_error, screening_rates
+from skinscan.evaluation.metrics import clustered_rate_intervals, expected_calibration_error
 from skinscan.evaluation.operating import lesion_groups
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import Calibration, ModelCard, OperatingPoint, read_card, record_calibration
@@ -41,10 +41,7 @@ def choose_points(
         t, sens, spec = cal.threshold_for_sensitivity(scores, positive, target)
         flagged = scores >= t
 
-        def sensitivity(w, flagged=flagged, positive=positive):
-            return {"s": screening_rates(flagged, positive, w)["sensitivity"]}
-
-        ci = bootstrap_ci(sensitivity, groups, reps)["s"]
+        ci = clustered_rate_intervals(flagged, positive, groups)["sensitivity"]  # Wilson, counted in lesions
         points[name] = OperatingPoint(
             classes=members,
             threshold=t,

@@ -111,6 +111,40 @@ def screening_rates(flagged: np.ndarray, positive: np.ndarray, weights: np.ndarr
     }
 
 
+def wilson_interval(successes: float, n: float, level: float = 0.95) -> list[float] | None:
+    """Wilson score interval of a proportion: it stays inside [0, 1] and does not collapse to a point at 0 or 1
+    (a percentile bootstrap of 20 of 20 positives found says "1.000 (1.000-1.000)")."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        return None
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def clustered_rate_intervals(flagged, positive, groups, level: float = 0.95) -> dict[str, list[float] | None]:
+    """Wilson intervals of `screening_rates`, with each denominator counted in lesions, not images: images of one
+    lesion are not independent evidence, so n is the number of distinct lesions among the positives (sensitivity),
+    the negatives (specificity), the flagged (PPV) or all (referrals, per 1,000), and the successes are the rate
+    times that n (a clustered equivalent of the plain Wilson interval)."""
+    f, p, g = np.asarray(flagged, bool), np.asarray(positive, bool), np.asarray(groups, dtype=str)
+    rates = screening_rates(f, p)
+
+    def lesions(mask) -> int:
+        return len(np.unique(g[mask]))
+
+    out = {}
+    for name, denominator in (("sensitivity", p), ("specificity", ~p), ("ppv", f), ("referrals_per_1000", None)):
+        n = lesions(denominator) if denominator is not None else lesions(np.ones(len(f), bool))
+        rate = rates[name] / (1000 if name == "referrals_per_1000" else 1)
+        ci = wilson_interval(rate * n, n, level) if n and np.isfinite(rate) else None
+        out[name] = [c * 1000 for c in ci] if ci and name == "referrals_per_1000" else ci
+    return out
+
+
 def weighted_auc(positive: np.ndarray, scores: np.ndarray):
     """A function of per-row weights -> ROC AUC (ties count half); sorts once, so a bootstrap costs O(n) per
     draw. None where a draw has no positives or no negatives. Unweighted, equals sklearn's roc_auc_score."""

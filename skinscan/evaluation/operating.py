@@ -1,8 +1,9 @@
 """What a screening programme reads: figures at the bundle's operating point, with 95% intervals resampled by
 lesion, overall and by age band, sex and body site.
 
-Every figure comes with its interval (lesion bootstrap, `metrics.bootstrap_ci`) and its counts; subgroups with
-fewer than `SMALL_GROUP` positives are marked, not hidden."""
+Every figure comes with its interval and its counts: proportions (sensitivity, specificity, PPV, referrals) a Wilson
+interval counted in lesions (`metrics.clustered_rate_intervals`), the others a lesion bootstrap
+(`metrics.bootstrap_ci`); subgroups with fewer than `SMALL_GROUP` positives or negatives are marked, not hidden."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from skinscan.data import splits
-from skinscan.evaluation.metrics import bootstrap_ci, classification_summary, screening_rates, weighted_auc
+from skinscan.evaluation.metrics import (
+    bootstrap_ci,
+    classification_summary,
+    clustered_rate_intervals,
+    screening_rates,
+    weighted_auc,
+)
 from skinscan.models.calibration import MALIGNANT_ORDERED, FlagRule
 
 SMALL_GROUP = 20
@@ -38,8 +45,10 @@ def rule_decisions(probs: np.ndarray, y: np.ndarray, classes: list[str], rule: F
 
 
 def _with_ci(flagged, positive, groups, reps, seed) -> dict:
+    """The rates with Wilson intervals counted in lesions (`clustered_rate_intervals`): they do not collapse at 0
+    or 1 as percentile bootstrap intervals of proportions do."""
     point = screening_rates(flagged, positive)
-    ci = bootstrap_ci(lambda w: screening_rates(flagged, positive, w), groups, reps, seed)
+    ci = clustered_rate_intervals(flagged, positive, groups) if reps > 0 else dict.fromkeys(point)
     return {
         **{k: {"value": point[k], "ci": ci[k]} for k in RATES},
         "positives": int(positive.sum()),
@@ -93,7 +102,8 @@ def by_subgroup(
     df: pd.DataFrame, probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule, reps=500, seed=0
 ) -> list[dict]:
     """The screening flag's and the melanoma point's sensitivity, and the flag's specificity and referrals, per
-    subgroup, with intervals and counts; `small` marks groups with < SMALL_GROUP malignant positives."""
+    subgroup, with intervals and counts; `small` marks groups with < SMALL_GROUP malignant positives or
+    negatives."""
     groups = lesion_groups(df)
     rows = []
     for attr, labels in subgroup_columns(df).items():
@@ -104,7 +114,7 @@ def by_subgroup(
             row = {"attribute": attr, "group": g, "n": int(m.sum()), "flag": flag}
             if "MEL" in dec:
                 row["MEL"] = _with_ci(*dec["MEL"], groups[m], reps, seed)
-            row["small"] = flag["positives"] < SMALL_GROUP
+            row["small"] = min(flag["positives"], flag["negatives"]) < SMALL_GROUP  # either rate rests on few
             rows.append(row)
     return rows
 
@@ -119,8 +129,8 @@ def fmt_ci(entry: dict, digits: int = 3, scale: float = 1.0) -> str:
 
 def operating_point_markdown(op: dict) -> str:
     lines = [
-        f"Rule: `{op['rule']}`. 95% intervals: {op['bootstrap']['reps']} bootstrap draws of "
-        f"{op['bootstrap']['groups']} lesions.",
+        f"Rule: `{op['rule']}`. 95% intervals: Wilson, counted in lesions, for sensitivity, specificity, PPV and "
+        f"referrals; {op['bootstrap']['reps']} bootstrap draws of {op['bootstrap']['groups']} lesions for the rest.",
         "",
         "| point | positives / negatives | sensitivity | specificity | PPV | referrals per 1,000 |",
         "|---|---|---|---|---|---|",
@@ -146,7 +156,7 @@ def subgroup_markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         f, mel = r["flag"], r.get("MEL")
-        small = " (small: < 20 positives)" if r["small"] else ""
+        small = " (small: < 20 positives or negatives)" if r["small"] else ""
         lines.append(
             f"| {r['attribute']} | {r['group']}{small} | {r['n']} | {f['positives']} / "
             f"{mel['positives'] if mel else '-'} | {fmt_ci(f['sensitivity'], 2)} | "
