@@ -502,7 +502,8 @@ def _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref) ->
         n_done = ray.get(_task(_listed_done, env).remote(inputs, done)) if done is not None else 0
         to_do = n_done < total
         print(
-            f"[screen] {total} inputs listed in {time.time() - t_list:.1f}s ({len(units)} listing units); "
+            f"[screen] {total} inputs listed in {time.time() - t_list:.1f}s "
+            f"({len(units)} listing unit{'s' if len(units) != 1 else ''}); "
             f"{n_done} already written, {total - n_done} to do",
             flush=True,
         )
@@ -600,7 +601,7 @@ def print_summary(s: dict) -> None:
         print(
             f"[screen] {s['metadata_used']} of {s['ok']} images classified with their age/sex/site; the rest image-only"
         )
-    if s.get("images_per_s") is not None:
+    if s.get("images_per_s") is not None and s.get("this_run_rows"):
         print(
             f"[screen] this run: {s['this_run_rows']} images in {s['this_run_wall_s']} s "
             f"({s['images_per_s']} img/s) -> {s['output']}"
