@@ -82,7 +82,11 @@ def _weed_port() -> int:
             continue
 
 
-def _seaweed(data: Path) -> tuple[subprocess.Popen, int]:
+def _seaweed(data: Path, bucket: str = "bench"):
+    """A SeaweedFS S3 server on loopback, once it answers: (its process, its S3 port, an s3fs client of it with
+    `bucket` made)."""
+    import s3fs
+
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     port, mport, vport, fport = (_weed_port() for _ in range(4))
     proc = subprocess.Popen(
@@ -91,7 +95,17 @@ def _seaweed(data: Path) -> tuple[subprocess.Popen, int]:
          "-master.volumeSizeLimitMB=64", "-s3.port.iceberg=0", "-s3.port.lance=0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    return proc, port
+    fs = s3fs.S3FileSystem(key="k", secret="s", client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
+    deadline = time.time() + 180  # a loaded machine starts SeaweedFS slowly
+    while True:
+        try:
+            fs.mkdir(bucket)
+            return proc, port, fs
+        except Exception:  # noqa: BLE001 - the server is starting
+            if time.time() > deadline:
+                os.killpg(proc.pid, 9)
+                raise
+            time.sleep(0.5)
 
 
 def run(workdir: str = "runs/bench", out: str | None = None, n: int = 256, latency_ms: float = 20.0) -> dict:
@@ -104,21 +118,11 @@ def run(workdir: str = "runs/bench", out: str | None = None, n: int = 256, laten
     from skinscan.screening.stages import decode_batch
 
     data = Path(tempfile.mkdtemp(prefix="bench-reads-"))
-    weed, port = _seaweed(data)
+    weed, port, direct = _seaweed(data)
     proxy, pport = latency_proxy(port, latency_ms)
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update({**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{pport}"})
     try:
-        direct = s3fs.S3FileSystem(key="k", secret="s", client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
-        deadline = time.time() + 60
-        while True:
-            try:
-                direct.mkdir("bench")
-                break
-            except Exception:  # noqa: BLE001 - the server is starting
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
         uris = []
         for i in range(n):
             buf = io.BytesIO()

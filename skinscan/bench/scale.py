@@ -237,12 +237,10 @@ def _cluster_env(address: str) -> dict:
 def s3_prefix(n: int) -> tuple[str, object]:
     """A loopback S3 server (SeaweedFS) holding `n` one-byte objects in one flat prefix; (its URI, the server's
     process). This process's environment points s3:// at it, so the Ray started next reads it too."""
-    import s3fs
-
     from skinscan.bench.reads import _seaweed
 
     data = Path(tempfile.mkdtemp(prefix="bench-scale-s3-"))
-    proc, port = _seaweed(data)
+    proc, port, fs = _seaweed(data)
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "k",
@@ -251,16 +249,6 @@ def s3_prefix(n: int) -> tuple[str, object]:
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         }
     )
-    fs = s3fs.S3FileSystem(key="k", secret="s", client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
-    deadline = time.time() + 180  # a loaded machine starts SeaweedFS slowly
-    while True:
-        try:
-            fs.mkdir("bench")
-            break
-        except Exception:  # noqa: BLE001 - the server is starting
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
     t0 = time.time()
     for i in range(0, n, 10_000):
         fs.pipe({f"bench/flat/IMG_{k:08d}.jpg": b"x" for k in range(i, min(n, i + 10_000))})

@@ -37,6 +37,9 @@ LISTING_SCHEMA = pa.schema(
     ]
 )
 MANIFEST_SUFFIXES = (".csv", ".parquet")
+MAX_LISTING_TASKS = 32
+"""Listing tasks of one run at once (the streamed read and the key listing alike): they take no CPU share, so
+nothing else would bound them (a folder of thousands of subfolders)."""
 
 
 @dataclass(frozen=True)

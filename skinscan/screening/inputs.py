@@ -13,9 +13,8 @@ import functools
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from skinscan.data.listing import LISTING_SCHEMA, Unit, iter_unit, plan_units
+from skinscan.data.listing import LISTING_SCHEMA, MAX_LISTING_TASKS, Unit, iter_unit, plan_units
 
-MAX_READ_TASKS = 32
 LISTING_CPUS = 0.0
 """Listing is I/O (archive directories, folder scans, object-store pages) and its tasks run inside the pipeline now:
 with a CPU share of their own they would wait forever once the actor pools hold every CPU (a stalled run, seen)."""
@@ -54,8 +53,8 @@ def read_inputs(uri: str, chunk_rows: int, runtime_env: dict | None = None, unit
 
 
 def read_tasks(units: list) -> int:
-    """Read tasks at once: one per unit, at most `MAX_READ_TASKS`."""
-    return max(1, min(len(units), MAX_READ_TASKS))
+    """Read tasks at once: one per unit, at most `MAX_LISTING_TASKS`."""
+    return max(1, min(len(units), MAX_LISTING_TASKS))
 
 
 def _keep_all(batch):

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skinscan.config import ScreenConfig
-from skinscan.data.listing import in_sorted
+from skinscan.data.listing import MAX_LISTING_TASKS, in_sorted
 from skinscan.errors import ConfigError, DataError, SkinScanError
 from skinscan.ray_connect import connect, quiet_stderr, starts_local_ray
 from skinscan.screening import partindex
@@ -378,9 +378,6 @@ def _check_output_reachable(cfg: ScreenConfig) -> None:
 
 LISTING_BLOCK_ROWS = 8192
 """Inputs per table a streaming read task yields before re-blocking (`inputs.stream_inputs`)."""
-LISTING_TASKS = 32
-"""At most this many tasks list the keys of a run's units (each takes several units in turn): listing takes no
-CPU share, so nothing else would bound how many run at once (a folder of thousands of subfolders)."""
 
 
 def _units_keys(units: list) -> np.ndarray:
@@ -399,7 +396,7 @@ def _merge_keys(*keys: np.ndarray) -> tuple[np.ndarray, int]:
 def list_keys(units: list, env: dict) -> tuple[list, object, object]:
     """Every input's key, listed in tasks beside the screening (which streams its own listing): (the tasks, an
     ObjectRef of the sorted unique keys, an ObjectRef of how many). 8 bytes an input, in the object store."""
-    n = max(1, min(len(units), LISTING_TASKS))
+    n = max(1, min(len(units), MAX_LISTING_TASKS))  # each task takes several units in turn
     tasks = [_task(_units_keys, env, num_cpus=0).remote(units[i::n]) for i in range(n)]
     keys, n = _task(_merge_keys, env, num_returns=2).remote(*tasks)
     return tasks, keys, n
