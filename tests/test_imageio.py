@@ -84,7 +84,7 @@ def test_draft_mode_decodes_smaller_but_large_enough():
     assert min(im.size) >= 224 and im.size[0] <= 512
 
 
-# ---- the GPU decode path, run with torchvision's decoder on the CPU device (nvJPEG itself: conversion/device_check)
+# ---- the GPU decode path, run with torchvision's decoder on the CPU device (nvJPEG: skinscan/bench/device_check)
 
 
 def _gpu_path(datas: list[bytes], size: int, **kw) -> list:

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 from conftest import use_s3
 
-from skinscan.data.listing import iter_unit, list_all, plan_units, uri_keys
+from skinscan.data.keys import uri_keys
+from skinscan.data.listing import iter_unit, list_all, plan_units
 from skinscan.data.manifest import read_unlabeled
 from skinscan.errors import DataError
 
@@ -103,7 +104,7 @@ def test_masks_are_not_inputs_unless_asked(tmp_path):
 
 
 def test_resume_lookup_is_a_binary_search_that_agrees_with_isin():
-    from skinscan.data.listing import in_sorted
+    from skinscan.data.keys import in_sorted
 
     rng = np.random.default_rng(0)
     written = np.unique(rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True))

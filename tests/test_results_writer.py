@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from skinscan.data.keys import uri_keys
 from skinscan.screening.partindex import done_keys
-from skinscan.screening.writer import list_parts, read_results, uri_keys, write_batch
+from skinscan.screening.writer import list_parts, read_results, write_batch
 
 
 def _batch(uris: list[str]) -> dict:
@@ -93,7 +94,7 @@ def test_a_part_of_an_older_schema_is_read_with_its_new_columns_null(tmp_path):
     import pyarrow.parquet as pq
 
     from skinscan.screening.partindex import count_results
-    from skinscan.screening.writer import to_table
+    from skinscan.screening.writer import prune_stale, to_table
 
     out = tmp_path / "o"
     write_batch(_batch(["n1", "n2"]), str(out))
@@ -109,6 +110,12 @@ def test_a_part_of_an_older_schema_is_read_with_its_new_columns_null(tmp_path):
     assert counts["complete"] and counts["rows"] == 5 and counts["duplicates"] == 0
     t = read_results(str(out), ["uri", "uri_key"]).to_pydict()
     assert [k is None for k in t["uri_key"]].count(True) == 3
+    # pruning keys the old part from its URIs too: only the unlisted row goes, named
+    pruned = prune_stale(str(out), uri_keys(["n1", "n2", "o1", "o3"]))
+    assert (pruned["rows"], pruned["examples"]) == (1, ["o2"])
+    assert sorted(read_results(str(out), ["uri"]).column("uri").to_pylist()) == ["n1", "n2", "o1", "o3"]
+    kept = read_results(str(out), ["uri", "uri_key"]).to_pydict()  # the rewritten old part now stores its keys
+    assert None not in kept["uri_key"] and sorted(kept["uri_key"]) == sorted(uri_keys(kept["uri"]).tolist())
 
 
 @pytest.mark.parametrize("content", [b"", b"PAR1 torn in the middle"], ids=["empty", "torn"])
@@ -322,3 +329,32 @@ def test_groups_merge_into_the_counts_and_stale_rows_are_named_from_their_group_
     assert read == [[p for p in parts if "gone" in str(real(out, ["uri"], parts=[p]).column("uri"))]]
     # a retried rewrite task meets parts its first try already replaced: nothing to do, no error
     assert drop_transient_errors(out, parts=[parts[0] + ".gone"])["rows"] == 0
+
+
+def test_readers_take_parts_in_groups_of_about_a_row_budget(tmp_path):
+    """The report's reads: whole parts, grouped by the rows their footers give, so memory does not grow with the
+    output; every row once."""
+    from skinscan.screening.writer import read_groups
+
+    out = tmp_path / "o"
+    for i, k in enumerate([3, 1, 2, 4, 1]):
+        write_batch(_batch([f"p{i}-{j}" for j in range(k)]), str(out))
+    tables = list(read_groups(str(out), ["uri"], rows=3))
+    sizes = [t.num_rows for t in tables]  # a group closes once it reaches 3 rows: below 3 + the largest part (4)
+    assert len(sizes) >= 2 and all(n >= 3 for n in sizes[:-1]) and all(n < 3 + 4 for n in sizes)
+    uris = [u for t in tables for u in t.column("uri").to_pylist()]
+    assert sorted(uris) == sorted(f"p{i}-{j}" for i, k in enumerate([3, 1, 2, 4, 1]) for j in range(k))
+
+
+def test_scan_groups_spread_the_parts_over_the_cpus():
+    """Scan tasks: as many as the cluster's CPUs (245 parts on 2 CPUs: 2 tasks, not 4; on 64 CPUs: 4 parts each is
+    below the floor of 8), within the floor and the cap."""
+    from skinscan.screening.partindex import MAX_PARTS_PER_SCAN, groups
+
+    parts = [f"p{i}" for i in range(245)]
+    assert [len(g) for g in groups(parts, tasks=2)] == [123, 122]
+    assert [len(g) for g in groups(parts[:25], tasks=2)] == [13, 12]
+    assert len(groups(parts, tasks=64)) == 31 and {len(g) for g in groups(parts, tasks=64)[:-1]} == {8}
+    assert [len(g) for g in groups(parts)] == [64, 64, 64, 53]  # in one process: fixed groups
+    big = groups([f"p{i}" for i in range(5000)], tasks=2)
+    assert max(len(g) for g in big) == MAX_PARTS_PER_SCAN and sum(len(g) for g in big) == 5000

@@ -5,7 +5,8 @@ classify replaced by stand-ins that sleep instead of reading and computing (`scr
 run 1,000,000 inputs and the figures are the cost of SkinScan and Ray themselves. Every phase is a fresh driver
 process joining one local Ray cluster; each is timed: wall, the driver's CPU and peak RSS, and the CPU of everything
 else on the machine (Ray's workers, raylet, GCS). The screen phase is SIGKILLed once half the inputs are written;
-`resume` is the same command again, `resume_noop` once more with nothing left.
+`resume` is the same command again, `resume_noop` once more with nothing left. `count` and `prune` follow the
+listing in the same driver, as in a run.
 
 Fleet (`skinscan bench fleet`): the same stand-in on a `ray.cluster_utils.Cluster` whose nodes declare logical GPUs, one
 classifier actor per GPU sleeping for an H200's time per batch (conversion/results/gpu_check_h200.json): rows/s
@@ -80,8 +81,6 @@ def _others_cpu(machine0, machine1, own: float) -> float:
 
 def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
     """Run one phase here (a fresh process: its peak RSS is its own) and measure only the phase itself."""
-    import resource
-
     import psutil
 
     from skinscan.config import ScreenConfig, validate
@@ -106,7 +105,7 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
         if name == "count":
             out = pipeline.count_in_tasks(cfg.output, setup)
         else:
-            out = pipeline._rewrite_in_groups(cfg, pipeline._prune_task, setup)
+            out = pipeline._rewrite_in_groups(cfg, pipeline.partindex.prune_task, setup)
         result.update({k: out[k] for k in ("rows", "complete", "duplicates", "missing") if k in out})
     elif name == "report":
         from skinscan.screening.report import write_report
@@ -116,7 +115,8 @@ def phase(name: str, cfg_json: str, stand_in_json: str) -> dict:
     return {
         "wall_s": round(wall, 2),
         "driver_cpu_s": round(me1 - me0, 2),
-        "driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child reported the harness's own peak
+        "driver_rss_mb": _hwm_mb(os.getpid()),
         "workers_cpu_s": round(_others_cpu(machine0, machine1, me1 - me0), 1),
         **result,
     }
@@ -159,7 +159,7 @@ def _result(proc: subprocess.Popen, what: str) -> dict:
 
 
 def _hwm_mb(pid: int) -> int:
-    """A live process's peak RSS (the kernel's VmHWM), in MB."""
+    """A live process's peak RSS since it was started or exec'd (the kernel's VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024)

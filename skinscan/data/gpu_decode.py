@@ -1,8 +1,8 @@
 """nvJPEG decoding that gives the CPU path's pixels (`data.imageio.decode_image` in draft mode, then
 `resize_square`), for the screening decode stage on a GPU node.
 
-Imports only torch, torchvision, numpy, Pillow and `skinscan.errors`, so that `conversion/device_check.py` runs this
-very code on a GPU machine that has neither Ray nor pydantic."""
+Imports only torch, torchvision, numpy, Pillow and `skinscan.errors`: light enough for any decode worker, and run
+as it ships by `skinscan/bench/device_check.py` on a GPU machine."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def gpu_decode_jpegs(
     (an area average, as the DCT scaling is), turned by the EXIF orientation, resized with antialiased bilinear
     (Pillow's filter). On the ISIC Archive images of the share (~1 MP), with torchvision's CPU decoder: mean 0.24
     grey levels from the CPU path, 99th percentile 1, at 224 px; the earlier full decode + resize gave 0.59 and 5
-    (tests/test_imageio.py holds the tolerance; nvJPEG's own IDCT: conversion/device_check.py). `headers`:
+    (tests/test_imageio.py holds the tolerance; nvJPEG's own IDCT: skinscan/bench/device_check.py). `headers`:
     (width, height, orientation) per input, None for inputs the CPU path takes. Chunks of at most `budget` decoded
     bytes, one device-to-host copy each; a file nvJPEG refuses goes to the CPU path alone (None), the rest of its
     chunk does not."""

@@ -10,18 +10,17 @@ unique within a unit as `read_unlabeled` does (object-store folders: the key bel
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from skinscan.data import storage
+from skinscan.data.keys import uri_keys
 from skinscan.data.manifest import METADATA_COLUMNS, build_manifest, typed_metadata, unique_ids
 from skinscan.errors import DataError
 
@@ -51,25 +50,6 @@ class Unit:
     target: str
     prefix: str = ""
     include_masks: bool = False  # list mask files (`storage.is_mask`) as inputs too
-
-
-def uri_keys(uris) -> np.ndarray:
-    """64-bit keys of input URIs (blake2b): what the resume index stores and the read tasks look up."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") for u in uris),
-        dtype=np.uint64,
-        count=len(uris),
-    )
-
-
-def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Per key, whether it is in `sorted_keys` (sorted, unique): a binary search each, O(n log M). `np.isin`
-    sorts all M keys on every call, which a resume over millions of written rows pays once per listing block."""
-    keys = np.asarray(keys, sorted_keys.dtype)
-    if not len(sorted_keys):
-        return np.zeros(len(keys), bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[at] == keys
 
 
 def _subfolders_and_files(uri: str, include_masks: bool = False) -> tuple[list[str], bool]:

@@ -2,7 +2,7 @@
 host buffer on a copy stream while the previous one computes, its outputs copied back into pinned buffers without
 waiting, and one synchronisation per batch. From pageable memory a copy is synchronous and half as fast, and the
 GPU idles while it runs. On a CPU device the same micro-batches run without buffers or streams (what the tests
-check; the overlap itself is measured by `conversion/device_check.py`)."""
+check; the overlap itself is measured by `skinscan/bench/device_check.py`)."""
 
 from __future__ import annotations
 

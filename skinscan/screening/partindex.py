@@ -12,12 +12,14 @@ from collections import Counter
 
 import numpy as np
 
-from skinscan.data.listing import in_sorted, uri_keys
-from skinscan.screening.writer import list_parts, read_results
+from skinscan.data.keys import in_sorted, sorted_unique, uri_keys
+from skinscan.screening.writer import drop_transient_errors, list_parts, prune_stale, read_results
 
 PARTS_PER_SCAN = 64
-"""Parts per scan task: 16,384 rows at the default 256 rows a part, a fraction of a second locally, a few seconds
-on an object store (one GET per part, the task's reads in parallel)."""
+"""Parts per group read in one process (`count_results`): 16,384 rows at the default 256 rows a part."""
+MIN_PARTS_PER_SCAN, MAX_PARTS_PER_SCAN = 8, 1024
+"""Parts per scan task: the parts are spread over the cluster's CPUs, a task holding at least 8 (below that a task
+costs more than its reads) and at most 1,024 (a task holds their light columns: ~30 bytes a row)."""
 COUNT_COLUMNS = ["uri_key", "status", "error_type", "predicted_class", "flagged", "metadata_used"]
 """Light columns: the key, not the URI (8 bytes a row, nothing to hash), except in parts older than schema v2."""
 
@@ -56,7 +58,12 @@ def scan(output: str, parts: list[str], set_aside: bool = False) -> dict:
     }
 
 
-def groups(parts: list[str], size: int = PARTS_PER_SCAN) -> list[list[str]]:
+def groups(parts: list[str], size: int = PARTS_PER_SCAN, tasks: int | None = None) -> list[list[str]]:
+    """`parts` in groups of `size`, or, given the `tasks` that run at once (the cluster's CPUs), spread over that
+    many groups within `MIN_PARTS_PER_SCAN`..`MAX_PARTS_PER_SCAN`: every CPU reads, none waits for a second task, and
+    a fresh job starts no more worker processes than it has CPUs."""
+    if tasks:
+        size = min(MAX_PARTS_PER_SCAN, max(MIN_PARTS_PER_SCAN, -(-len(parts) // max(1, tasks))))
     return [parts[i : i + size] for i in range(0, len(parts), size)]
 
 
@@ -101,9 +108,7 @@ def merge_counts(scans: list[dict], input_keys: np.ndarray | None = None, output
         "metadata_used": sum(s["metadata_used"] for s in scans),
     }
     if input_keys is not None:
-        inputs = np.asarray(input_keys, np.uint64)
-        if len(inputs) > 1 and not (inputs[1:] > inputs[:-1]).all():  # the listing's keys come sorted and unique
-            inputs = np.unique(inputs)
+        inputs = sorted_unique(input_keys)
         listed = in_sorted(unique, inputs)
         stale = unique[~listed]
         missing = len(inputs) - int(listed.sum())
@@ -141,3 +146,23 @@ def done_keys(output: str, input_keys: np.ndarray | None = None) -> tuple[np.nda
     """(the resume index, how many of `input_keys` are in it, parts set aside as unreadable), in this process."""
     done, n, aside = merge_done(scan(output, list_parts(output), set_aside=True))
     return done, (n if input_keys is None else int(in_sorted(input_keys, done).sum())), aside
+
+
+# Ray tasks of a run (`screening.pipeline`): defined here so that a worker unpickling one imports only this module
+# (numpy, pyarrow, fsspec), not the pipeline's pandas, pydantic and Ray Data: a fresh job's scans start sooner.
+
+
+def scan_task(output: str, parts: list[str]) -> dict:
+    return scan(output, parts, set_aside=True)
+
+
+def counts_task(output: str, inputs: np.ndarray | None, *scans: dict) -> dict:
+    return merge_counts(list(scans), inputs, output)
+
+
+def prune_task(output: str, parts: list[str], inputs: np.ndarray) -> dict:
+    return prune_stale(output, inputs, parts)
+
+
+def retry_task(output: str, parts: list[str]) -> dict:
+    return drop_transient_errors(output, parts)

@@ -13,13 +13,14 @@ import numpy as np
 from tqdm import tqdm
 
 from skinscan.config import ScreenConfig
-from skinscan.data.listing import MAX_LISTING_TASKS, in_sorted
+from skinscan.data.keys import in_sorted
+from skinscan.data.listing import MAX_LISTING_TASKS
 from skinscan.errors import ConfigError, DataError, SkinScanError
 from skinscan.ray_connect import connect, quiet_stderr, starts_local_ray
 from skinscan.screening import partindex
 from skinscan.screening.lease import OutputLease
 from skinscan.screening.output import check_and_record, check_writable, record_summary
-from skinscan.screening.writer import TRANSIENT_ERRORS, drop_transient_errors, list_parts, prune_stale, write_batch
+from skinscan.screening.writer import TRANSIENT_ERRORS, list_parts, write_batch
 
 WRITE_CPUS = 0.25  # a write task converts and uploads one part: mostly I/O
 
@@ -117,22 +118,6 @@ def drop_done(batch: dict, done=None) -> dict:
 def _listed_done(inputs: np.ndarray, done: np.ndarray) -> int:
     """How many of the listed inputs are already written (stale rows left out)."""
     return int(in_sorted(inputs, done).sum())
-
-
-def _scan_task(output: str, parts: list[str]) -> dict:
-    return partindex.scan(output, parts, set_aside=True)
-
-
-def _counts_task(output: str, inputs: np.ndarray | None, *scans: dict) -> dict:
-    return partindex.merge_counts(list(scans), inputs, output)
-
-
-def _prune_task(output: str, parts: list[str], inputs: np.ndarray) -> dict:
-    return prune_stale(output, inputs, parts)
-
-
-def _retry_task(output: str, parts: list[str]) -> dict:
-    return drop_transient_errors(output, parts)
 
 
 def _sum_drops(results: list[dict]) -> dict:
@@ -402,6 +387,13 @@ def list_keys(units: list, env: dict) -> tuple[list, object, object]:
     return tasks, keys, n
 
 
+def _scan_groups(parts: list[str]) -> list[list[str]]:
+    """Parts in groups for scan and rewrite tasks: at most about as many as the cluster has CPUs."""
+    import ray
+
+    return partindex.groups(parts, tasks=int(ray.cluster_resources().get("CPU", 1)))
+
+
 def _rewrite_in_groups(cfg: ScreenConfig, fn, *args) -> dict:
     """`--retry-errors` and `--prune-stale`: `fn` over groups of parts, in parallel tasks."""
     import ray
@@ -409,7 +401,7 @@ def _rewrite_in_groups(cfg: ScreenConfig, fn, *args) -> dict:
     from skinscan.data.storage import storage_env
 
     task = _task(fn, storage_env())
-    return _sum_drops(ray.get([task.remote(cfg.output, g, *args) for g in partindex.groups(list_parts(cfg.output))]))
+    return _sum_drops(ray.get([task.remote(cfg.output, g, *args) for g in _scan_groups(list_parts(cfg.output))]))
 
 
 def count_in_tasks(output: str, inputs=None) -> dict:
@@ -419,8 +411,8 @@ def count_in_tasks(output: str, inputs=None) -> dict:
     from skinscan.data.storage import storage_env
 
     env = storage_env()
-    scans = [_task(_scan_task, env).remote(output, g) for g in partindex.groups(list_parts(output))]
-    return ray.get(_task(_counts_task, env).remote(output, inputs, *scans))
+    scans = [_task(partindex.scan_task, env).remote(output, g) for g in _scan_groups(list_parts(output))]
+    return ray.get(_task(partindex.counts_task, env).remote(output, inputs, *scans))
 
 
 def _screen_held(cfg: ScreenConfig, ray_address: str | None, units: list, stand_in=None) -> dict:
@@ -469,18 +461,18 @@ def _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref) ->
         return n
 
     if earlier and cfg.retry_errors:  # transient error rows go; the resume index then counts them as to do
-        retried = _rewrite_in_groups(cfg, _retry_task)
+        retried = _rewrite_in_groups(cfg, partindex.retry_task)
         print(f"[screen] {retried['rows']} rows with a transient error ({', '.join(TRANSIENT_ERRORS)}) to screen again")
     if earlier and cfg.prune_stale:  # needs the whole listing first
         n_inputs()
-        pruned = _rewrite_in_groups(cfg, _prune_task, inputs)
+        pruned = _rewrite_in_groups(cfg, partindex.prune_task, inputs)
         print(
             f"[screen] pruned {pruned['rows']} stale rows from {pruned['parts']} parts"
             + (f" (e.g. {', '.join(pruned['examples'])})" if pruned["examples"] else ""),
             flush=True,
         )
     before = list_parts(cfg.output) if earlier else []
-    scans = [_task(_scan_task, env).remote(cfg.output, g) for g in partindex.groups(before)]
+    scans = [_task(partindex.scan_task, env).remote(cfg.output, g) for g in _scan_groups(before)]
     done, n_done = None, 0
     if scans:  # the resume index: built in a task, it reaches the read tasks through the object store
         done, n_done_ref, aside_ref = _task(partindex.merge_done, env, num_returns=3).remote(*scans)
@@ -535,8 +527,8 @@ def _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref) ->
         print(f"[screen] {n_inputs()} inputs, listed beside the screening in {listing_s[0]} s", flush=True)
     prior = set(before)
     after = [p for p in list_parts(cfg.output) if p not in prior]  # the parts this run wrote
-    scans += [_task(_scan_task, env).remote(cfg.output, g) for g in partindex.groups(after)]
-    counts = ray.get(_task(_counts_task, env).remote(cfg.output, None if interrupted else inputs, *scans))
+    scans += [_task(partindex.scan_task, env).remote(cfg.output, g) for g in _scan_groups(after)]
+    counts = ray.get(_task(partindex.counts_task, env).remote(cfg.output, None if interrupted else inputs, *scans))
     summary = summarize(cfg.output, wall, written, counts, arrivals)
     summary.update(
         {

@@ -17,7 +17,7 @@ from PIL import Image
 from skinscan.data import storage
 from skinscan.data.taxonomy import CLASS_DESCRIPTIONS, ISIC2019_CLASSES, MALIGNANT
 from skinscan.screening.schema import PROB_COLUMNS
-from skinscan.screening.writer import HEAVY_COLUMNS, list_parts, read_results
+from skinscan.screening.writer import HEAVY_COLUMNS, read_groups, read_results
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;
@@ -153,15 +153,14 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
     import pyarrow.compute as pc
 
     from skinscan.screening.output import read_summary
-    from skinscan.screening.partindex import count_results, groups
+    from skinscan.screening.partindex import count_results
 
     s = count_results(output)
     target = path or f"{str(output).rstrip('/')}/report.html"
     top, errors, ids, sums, rule_seen = None, [], set(), {}, None
     # a group of parts at a time: what the page shows is kept (the riskiest flagged rows, the first errors, sums),
-    # so memory is bounded by a group, not by the output's millions of rows
-    for group in groups(list_parts(output)):
-        t = read_results(output, REPORT_COLUMNS, parts=group)
+    # so memory is bounded by a group's rows, not by the output's millions
+    for t in read_groups(output, REPORT_COLUMNS):
         is_ok = pc.fill_null(pc.equal(t["status"], "ok"), False)
         ok = t.filter(is_ok)
         is_flag = pc.fill_null(ok["flagged"], False)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skinscan.data import storage
-from skinscan.data.listing import in_sorted, uri_keys
+from skinscan.data.keys import in_sorted, sorted_unique, uri_keys
 from skinscan.errors import SkinScanError
 from skinscan.screening.schema import SCHEMA, SCHEMA_VERSION
 
@@ -152,6 +152,34 @@ def read_results(
     return pa.concat_tables(tables) if tables else (empty.select(columns) if columns else empty)
 
 
+def read_groups(output: str, columns: list[str], rows: int = 32768):
+    """Every part's `columns`, as tables of about `rows` rows (whole parts, sized from their footers, read side by
+    side), so a reader's memory stays flat however many rows the output holds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = list_parts(output)
+    fs, _ = _fs(output)
+
+    def count(part: str) -> int:
+        try:
+            with fs.open(part, "rb") as f:
+                return pq.read_metadata(f).num_rows
+        except Exception:  # noqa: BLE001 - an unreadable part: read_results says so when it reads it
+            return 0
+
+    with ThreadPoolExecutor(16) as pool:
+        sizes = list(pool.map(count, parts))
+    group, n = [], 0
+    for part, k in zip(parts, sizes):
+        group.append(part)
+        n += k
+        if n >= rows:
+            yield read_results(output, columns, parts=group)
+            group, n = [], 0
+    if group:
+        yield read_results(output, columns, parts=group)
+
+
 def part_name(uris) -> str:
     """`part-<hash of the sorted input URIs>.parquet`: the same rows always land in the same file."""
     return f"part-{hashlib.sha1(chr(10).join(sorted(uris)).encode()).hexdigest()[:24]}.parquet"
@@ -216,17 +244,31 @@ TRANSIENT_ERRORS = ("read_error",)
 """Row errors worth another try (a read that failed or timed out); bytes that did not decode stay errors."""
 
 
-def drop_rows(output: str, columns: list[str], drop, parts: list[str] | None = None) -> dict:
+def _with_keys(fs, part: str, t: pa.Table) -> pa.Table:
+    """`t` (read from `part`) with every `uri_key` filled: parts older than schema v2 hold none, so their keys are
+    computed from the URIs (the table's own, else read from the part)."""
+    stored = t.column("uri_key")
+    if not stored.null_count:
+        return t
+    uris = t.column("uri") if "uri" in t.column_names else _read_part(fs, part, ["uri"]).column("uri")
+    return t.set_column(
+        t.schema.get_field_index("uri_key"), "uri_key", pa.array(uri_keys(uris.to_pylist()), pa.uint64())
+    )
+
+
+def drop_rows(output: str, columns: list[str], drop, parts: list[str] | None = None, keyed: bool = False) -> dict:
     """Remove the rows for which `drop(table of columns) -> bool mask` holds, rewriting only the parts that hold
     them: the kept rows go to a new part (named after them, written atomically) before the old part is deleted, so
     an interruption can leave a kept row twice (reported as a duplicate; running again fixes it) but never loses
     one. A removed row's input counts as not written: the next run screens it again. `parts`: only these (a
-    scan task's group)."""
+    scan task's group). `keyed`: `drop` reads `uri_key`, filled for parts older than schema v2 (and a rewritten
+    part gets its keys stored)."""
     fs, _ = _fs(output)
     rows, rewritten, examples = 0, 0, []
     for part in list_parts(output) if parts is None else parts:
         try:
-            t = _read_part(fs, part, ["uri", *columns])
+            t = _read_part(fs, part, ["uri_key", *columns])
+            t = _with_keys(fs, part, t) if keyed else t
         except Unreadable as err:  # set aside (its inputs are screened again)
             set_aside(output, part, str(err))
             continue
@@ -240,7 +282,8 @@ def drop_rows(output: str, columns: list[str], drop, parts: list[str] | None = N
         except Unreadable as err:  # a corrupt page in a column the narrow read skipped
             set_aside(output, part, str(err))
             continue
-        examples += [u for u, g in zip(t.column("uri").to_pylist(), gone) if g][: 3 - len(examples)]
+        whole = _with_keys(fs, part, whole)
+        examples += whole.column("uri").filter(pa.array(gone)).to_pylist()[: 3 - len(examples)]
         kept = whole.filter(pa.array(~gone))
         if kept.num_rows:
             write_part(output, kept)
@@ -251,8 +294,8 @@ def drop_rows(output: str, columns: list[str], drop, parts: list[str] | None = N
 
 def prune_stale(output: str, input_keys: np.ndarray, parts: list[str] | None = None) -> dict:
     """Remove the rows whose input is no longer listed (`drop_rows`)."""
-    inputs = np.unique(np.asarray(input_keys, np.uint64))
-    return drop_rows(output, [], lambda t: ~in_sorted(uri_keys(t.column("uri").to_pylist()), inputs), parts)
+    inputs = sorted_unique(input_keys)
+    return drop_rows(output, [], lambda t: ~in_sorted(t.column("uri_key").to_numpy(), inputs), parts, keyed=True)
 
 
 def drop_transient_errors(output: str, parts: list[str] | None = None) -> dict:
