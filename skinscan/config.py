@@ -239,6 +239,9 @@ class CalibrateConfig(Section):
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "torch"
     flag: FlagTargets = Field(default_factory=FlagTargets)
     bootstrap: int = Field(1000, ge=0)
+    # the training prior: "bias" fits per-class logit offsets beside the temperature (the oversampler trained on
+    # balanced classes; the offsets give the validation split's prevalence back); "none": the temperature alone
+    prior: Literal["bias", "none"] = "bias"
 
 
 # ---------------------------------------------------------------- screening

@@ -33,6 +33,43 @@ def test_temperature_scaling_lowers_nll_and_keeps_argmax():
     assert (cal.softmax(logits, t).argmax(1) == cal.softmax(logits).argmax(1)).all()
 
 
+def test_class_offsets_undo_a_balanced_training_prior_where_a_temperature_cannot():
+    """A model trained on balanced classes reports p(x|y) with a uniform prior; the data's prior is 80/10/10. The
+    temperature alone leaves P(minority) inflated (calibration intercept well below 0); the offsets give the
+    prevalence back (mean score = observed rate, intercept ~0, slope ~1) and lower the NLL."""
+    from skinscan.evaluation.metrics import binary_calibration
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.8, 0.1, 0.1])
+    y = rng.choice(3, size=6000, p=prior)
+    centers = np.eye(3) * 2.0
+    x = centers[y] + rng.normal(size=(6000, 3))
+    balanced = -0.5 * ((x[:, None, :] - centers[None]) ** 2).sum(-1)  # log p(x|y): the balanced model's logits
+    t = cal.fit_temperature(balanced, y)
+    tb, bias = cal.fit_temperature_and_bias(balanced, y)
+    assert abs(bias.sum()) < 1e-6 and np.allclose(bias, np.log(prior) - np.log(prior).mean(), atol=0.2)  # the prior
+    assert cal.nll(balanced, y, tb, bias) < cal.nll(balanced, y, t) - 0.05
+    minority = y == 1
+    before = binary_calibration(cal.softmax(balanced, t)[:, 1], minority)
+    after = binary_calibration(cal.softmax(balanced, tb, bias)[:, 1], minority)
+    assert before["mean_score"] > 1.4 * before["observed_rate"] and before["intercept"] < -1.0
+    assert abs(after["mean_score"] - after["observed_rate"]) < 0.01 and abs(after["intercept"]) < 0.15
+    assert 0.85 < after["slope"] < 1.15
+
+
+def test_binary_calibration_reads_slope_and_intercept():
+    from skinscan.evaluation.metrics import binary_calibration
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=20000)
+    outcome = rng.random(20000) < 1 / (1 + np.exp(-z))
+    right = binary_calibration(1 / (1 + np.exp(-z)), outcome)
+    too_sure = binary_calibration(1 / (1 + np.exp(-(2 * z + 1))), outcome)  # twice as sure, and too high
+    assert abs(right["slope"] - 1) < 0.05 and abs(right["intercept"]) < 0.05 and right["ece"] < 0.02
+    assert abs(too_sure["slope"] - 0.5) < 0.05 and too_sure["intercept"] < -0.5
+    assert binary_calibration(np.full(5, 0.3), np.zeros(5, bool)) is None  # one outcome only: nothing to fit
+
+
 def test_threshold_is_the_most_specific_reaching_the_target():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
     positive = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 0], bool)
@@ -148,6 +185,22 @@ def test_calibrate_fits_temperature_and_points_on_validation_only(overconfident_
         k: v.threshold for k, v in card.operating_points.items()
     }
     assert again.calibration.temperature == card.calibration.temperature
+    # the card's probabilities carry the offsets (mean 0), and the thresholded scores' calibration before/after
+    assert card.class_bias is not None and abs(sum(card.class_bias)) < 1e-4
+    assert set(card.calibration.binary) == {"MEL", "malignant"}
+    assert {"slope", "intercept", "mean_score"} <= set(card.calibration.binary["MEL"]["after"])
+    logits = np.random.default_rng(0).normal(size=(3, len(card.class_names)))
+    assert np.allclose(cal.card_probs(card, logits), cal.softmax(logits, card.temperature, card.class_bias))
+    c = tmp_path / "c"  # the temperature alone, as before
+    shutil.copytree(bundle, c)
+    from skinscan.config import CalibrateConfig
+    from skinscan.evaluation.calibrate import run
+
+    alone = run(CalibrateConfig(model=str(c), data=str(manifest), split="val", bootstrap=0, prior="none"))
+    assert (
+        alone.class_bias is None
+        and alone.calibration.binary["MEL"]["before"] == alone.calibration.binary["MEL"]["after"]
+    )
 
 
 def test_calibrate_refuses_the_test_split_in_one_line(overconfident_bundle, tmp_path):
@@ -299,3 +352,47 @@ def test_proportion_intervals_do_not_collapse_at_0_and_1_and_count_lesions():
     assert each["sensitivity"][0] < 1.0 and each["specificity"][1] == 1.0
     assert pairs["sensitivity"][0] < each["sensitivity"][0]  # half the evidence: a wider interval
     assert each["referrals_per_1000"][0] < 500 < each["referrals_per_1000"][1]
+
+
+def test_screening_says_when_an_archive_is_not_like_validation(overconfident_bundle, tmp_path):
+    """Calibration records the validation split's reference; rows screened from images like it are compared quietly,
+    rows from a camera with a strong colour cast are flagged as shifted, and the report says so first."""
+    from skinscan.screening.report import write_report
+    from skinscan.screening.shiftcheck import archive_shift
+    from skinscan.screening.stages import ClassifyStage, decode_batch
+    from skinscan.screening.writer import write_batch
+
+    bundle, manifest = overconfident_bundle
+    a = tmp_path / "a"
+    shutil.copytree(bundle, a)
+    card = _calibrate(a, manifest)
+    ref = card.calibration.shift_reference
+    assert set(ref) == {"P(MEL)", "P(malignant)", "img_mean_r", "img_mean_g", "img_mean_b", "img_luma_std"}
+    uris = _labelled_images(tmp_path / "more", 160, seed=7)["uri"].tolist()  # more images of the same kind
+    cast = tmp_path / "cast"
+    cast.mkdir()
+    for u in uris:  # another clinic's camera: a blue cast and less contrast
+        x = np.asarray(Image.open(u).convert("RGB"), np.float32)
+        y = np.clip(0.6 * x + np.float32([0, 20, 90]), 0, 255).astype(np.uint8)
+        Image.fromarray(y).save(cast / Path(u).name)
+    kw = {"backend": "torch", "explain": "none", "threads": 1, "thumbnails": "none"}
+    stage = ClassifyStage(str(a), **kw)
+    verdicts = {}
+    for name, paths in {"like": uris, "cast": [str(cast / Path(u).name) for u in uris]}.items():
+        out = str(tmp_path / name)
+        for i in range(0, len(paths), 64):
+            chunk = np.array(paths[i : i + 64], object)
+            write_batch(stage(decode_batch({"uri": chunk, "image_id": chunk}, 64, 0, 10**8)), out)
+        verdicts[name] = archive_shift(out, card, 64)
+    assert not verdicts["like"]["shifted"], verdicts["like"]["psi"]
+    assert card.calibration.val_prior["MEL"] == 0.25  # the fixture's validation split: a quarter of each class
+    assert 0 < verdicts["like"]["expected_per_1000"]["MEL"] < 1000
+    cast_psi = verdicts["cast"]["psi"]
+    assert verdicts["cast"]["shifted"] and cast_psi["img_mean_b"] > 0.25 and cast_psi["img_luma_std"] > 0.25
+    from skinscan.screening.output import record_summary
+
+    assert verdicts["like"]["expected_per_1000"]["validation"]["MEL"] == 250.0
+    assert verdicts["cast"]["expected_per_1000"] == {"withheld": "the images differ from validation"}
+    record_summary(str(tmp_path / "cast"), {"shift": verdicts["cast"], "this_run_rows": 1})
+    page = Path(write_report(str(tmp_path / "cast"))).read_text()
+    assert "<p class=warn id=shift><b>Warning:</b> distribution shift" in page

@@ -252,7 +252,7 @@ def test_a_readable_part_of_another_schema_is_a_one_line_error_not_set_aside(tmp
     t = t.set_column(t.schema.get_field_index("confidence"), "confidence", pa.array(["high", "low"]))
     pq.write_table(t, out / "results" / "part-other.parquet")
     assert done_keys(str(out), uri_keys(["a", "c"]))[1] == 2  # resume reads only `uri`: the part counts
-    with pytest.raises(SkinScanError, match=r"part-other.parquet: its columns do not fit schema v2"):
+    with pytest.raises(SkinScanError, match=r"part-other.parquet: its columns do not fit schema v3"):
         read_results(str(out), ["uri", "confidence"], aside=[])
     assert (out / "results" / "part-other.parquet").exists() and not (out / "set_aside").exists()
 

@@ -161,7 +161,7 @@ def test_output_readable_by_pandas_polars_duckdb(screen_bundles, ray_local, tmp_
     b = pl.read_parquet(str(results / "*.parquet"))
     c = duckdb.sql(f"select count(*), count(distinct uri) from read_parquet('{results}/*.parquet')").fetchall()[0]
     assert len(a) == b.height == c[0] == c[1] == 120
-    assert a["schema_version"].eq(2).all() and (a["uri_key"] > 0).all()
+    assert a["schema_version"].eq(3).all() and (a["uri_key"] > 0).all() and a["img_mean_r"].between(0, 255).all()
 
 
 def _run_screen_subprocess(cfg: ScreenConfig, cfg_path: Path) -> subprocess.Popen:

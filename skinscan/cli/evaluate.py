@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "default MEL=0.9 and malignant=0.9)",
     )
     c.add_argument("--bootstrap", type=int, default=1000, help="lesion-bootstrap draws for the interval")
+    c.add_argument(
+        "--prior",
+        default="bias",
+        choices=["bias", "none"],
+        help="undo the training prior with class offsets beside the temperature (default), or the temperature alone",
+    )
     c.set_defaults(func=cmd_calibrate)
 
 
@@ -59,7 +65,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from skinscan.errors import ConfigError
     from skinscan.evaluation.calibrate import run
 
-    cfg = {k: getattr(a, k) for k in ("model", "data", "backend", "bootstrap")}
+    cfg = {k: getattr(a, k) for k in ("model", "data", "backend", "bootstrap", "prior")}
     cfg["split"] = a.split or None
     if a.target:
         targets = {}

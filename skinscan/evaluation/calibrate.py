@@ -1,5 +1,5 @@
-"""`skinscan calibrate` (and the end of training): temperature scaling and operating points, fitted on a
-validation set only, written into the bundle's card.
+"""`skinscan calibrate` (and the end of training): temperature scaling, class offsets that undo the training prior,
+and operating points, fitted on a validation set only, written into the bundle's card.
 
 The test split is refused: a threshold chosen where it is then measured reports the sensitivity it was asked for,
 not the one a programme will get."""
@@ -14,7 +14,7 @@ import pandas as pd
 from skinscan.config import CalibrateConfig
 from skinscan.errors import ConfigError, DataError
 from skinscan.evaluation.metrics import clustered_rate_intervals, expected_calibration_error
-from skinscan.evaluation.operating import lesion_groups
+from skinscan.evaluation.operating import lesion_groups, score_calibration
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import Calibration, ModelCard, OperatingPoint, read_card, record_calibration
 
@@ -58,30 +58,55 @@ def choose_points(
 
 
 def fit(
-    bundle: Path, df: pd.DataFrame, logits: np.ndarray, targets: dict[str, float], where: str, reps: int = 1000
+    bundle: Path,
+    df: pd.DataFrame,
+    logits: np.ndarray,
+    targets: dict[str, float],
+    where: str,
+    reps: int = 1000,
+    prior: str = "bias",
 ) -> ModelCard:
-    """Fit the temperature on (logits, labels of df), choose the operating points on the calibrated
-    probabilities, store both in the card."""
+    """Fit the temperature (and, with `prior="bias"`, the class offsets) on (logits, labels of df), choose the
+    operating points on the calibrated probabilities, store both in the card."""
     classes = read_card(bundle).class_names
     y = df["label"].map(classes.index).to_numpy()
-    t = cal.fit_temperature(logits, y)
-    before, after = cal.softmax(logits), cal.softmax(logits, t)
+    t_only = cal.fit_temperature(logits, y)
+    t, bias = cal.fit_temperature_and_bias(logits, y) if prior == "bias" else (t_only, None)
+    before, after = cal.softmax(logits), cal.softmax(logits, t, bias)
+    by_temperature = score_calibration(cal.softmax(logits, t_only), y, classes)
+    corrected = score_calibration(after, y, classes) if bias is not None else by_temperature
     calibration = Calibration(
         temperature=t,
+        class_bias=None if bias is None else [round(float(b), 6) for b in bias],
         fitted_on=where,
         n=int(len(y)),
         nll_before=cal.nll(logits, y),
-        nll_after=cal.nll(logits, y, t),
+        nll_after=cal.nll(logits, y, t, bias),
         ece_before=expected_calibration_error(y, before)[0],
         ece_after=expected_calibration_error(y, after)[0],
+        binary={
+            name: {"before": _brief(by_temperature[name]), "after": _brief(corrected.get(name))}
+            for name in by_temperature
+            if by_temperature[name]
+        },
+        shift_reference=shift_reference(df, after, y, classes),
+        val_prior={c: round(float((y == i).mean()), 6) for i, c in enumerate(classes)},
     )
     points = choose_points(after, y, classes, lesion_groups(df), targets, where, reps)
     card = record_calibration(bundle, calibration, points)
     c = calibration
+    offsets = "" if bias is None else ", class offsets " + " ".join(f"{k} {b:+.2f}" for k, b in zip(classes, bias))
     print(
-        f"[calibrate] temperature {t:.3f} on {c.n} images ({where}): NLL {c.nll_before:.4f} -> {c.nll_after:.4f}, "
-        f"ECE {c.ece_before:.4f} -> {c.ece_after:.4f}"
+        f"[calibrate] temperature {t:.3f}{offsets} on {c.n} images ({where}): NLL {c.nll_before:.4f} -> "
+        f"{c.nll_after:.4f}, ECE {c.ece_before:.4f} -> {c.ece_after:.4f}"
     )
+    for name, b in (c.binary or {}).items():
+        print(
+            f"[calibrate] P({name}): slope {b['before']['slope']:.2f} -> {b['after']['slope']:.2f}, intercept "
+            f"{b['before']['intercept']:+.2f} -> {b['after']['intercept']:+.2f}, mean score "
+            f"{b['before']['mean_score']:.3f} -> {b['after']['mean_score']:.3f} "
+            f"(observed {b['after']['observed_rate']:.3f})"
+        )
     for name, p in points.items():
         print(
             f"[calibrate] {name}: P({'+'.join(p.classes)}) >= {p.threshold:.4f} gives sensitivity "
@@ -91,14 +116,35 @@ def fit(
     return card
 
 
+def shift_reference(df: pd.DataFrame, probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
+    """What screening runs compare an archive with (`evaluation.shift`): these rows' flag scores and, where the
+    frame carries them, their image statistics, overall and by true class."""
+    from skinscan.evaluation import shift
+
+    features = shift.flag_scores({f"prob_{c}": probs[:, i] for i, c in enumerate(classes)}, len(probs))
+    features.update({c: df[c].to_numpy() for c in shift.IMAGE_STATS if c in df})
+    return shift.reference(features, y, classes)
+
+
+def _brief(c: dict | None) -> dict | None:
+    """A binary calibration without its bins (the card keeps the figures)."""
+    return None if c is None else {k: round(v, 4) for k, v in c.items() if k != "reliability"}
+
+
 def calibrate_frame(
-    bundle: Path, df: pd.DataFrame, backend: str, targets: dict[str, float], where: str, reps: int = 1000
+    bundle: Path,
+    df: pd.DataFrame,
+    backend: str,
+    targets: dict[str, float],
+    where: str,
+    reps: int = 1000,
+    prior: str = "bias",
 ) -> ModelCard:
     """Predict the labelled rows of `df` with `backend` and `fit` on those that decode."""
     from skinscan.evaluation.classifier import predict_frame
 
     df, logits, _ = predict_frame(bundle, df, backend, progress=False)
-    return fit(bundle, df, logits, targets, where, reps)
+    return fit(bundle, df, logits, targets, where, reps, prior)
 
 
 def run(cfg: CalibrateConfig) -> ModelCard:
@@ -138,4 +184,4 @@ def run(cfg: CalibrateConfig) -> ModelCard:
 
         ensure_onnx(bundle)
     where = f"{Path(data).name} split {cfg.split}" if cfg.split else Path(data).name
-    return calibrate_frame(bundle, df, cfg.backend, cfg.flag.target_sensitivity, where, cfg.bootstrap)
+    return calibrate_frame(bundle, df, cfg.backend, cfg.flag.target_sensitivity, where, cfg.bootstrap, cfg.prior)

@@ -17,6 +17,7 @@ from skinscan.data.sampling import oversample_indices
 from skinscan.data.splits import overlap_mask
 from skinscan.data.taxonomy import merge_to_ham
 from skinscan.errors import DataError, ImageDecodeError, LeakageError
+from skinscan.evaluation.shift import IMAGE_STATS, image_stats
 from skinscan.models.bundle import local_bundle, read_card
 
 OVERSAMPLED_NOTE = (
@@ -71,8 +72,9 @@ def predict_logits(
     progress: bool = True,
     metadata: np.ndarray | None = None,
 ):
-    """Logits for every decodable image (probabilities: `calibration.softmax(logits, card.temperature)`); decode
-    errors are returned, not raised. `metadata` ([N, METADATA_DIM]) goes to a model that reads it."""
+    """(logits, decode errors, image statistics) for every image (probabilities: `calibration.card_probs(card,
+    logits)`); decode errors are returned, not raised, their rows' statistics NaN. `metadata` ([N, METADATA_DIM])
+    goes to a model that reads it. The statistics are `evaluation.shift`'s, as the screening stage computes them."""
     from skinscan.data.preprocess import load_image, normalize_batch
     from skinscan.runtime import create_predictor
 
@@ -86,6 +88,7 @@ def predict_logits(
             return err
 
     logits = np.zeros((len(uris), len(predictor.card.class_names)), np.float32)
+    stats = np.full((len(uris), len(IMAGE_STATS)), np.nan, np.float32)
     errors: dict[int, str] = {}
     bar = tqdm(total=len(uris), desc="evaluate", unit="img", disable=not progress)
     with ThreadPoolExecutor(4) as pool:
@@ -97,21 +100,24 @@ def predict_logits(
                     errors[start + i] = str(a)
             if ok:
                 meta = None if metadata is None else metadata[[start + i for i in ok]]
-                out = predictor.predict(normalize_batch(np.stack([loaded[i] for i in ok]), norm), meta)
+                u8 = np.stack([loaded[i] for i in ok])
+                out = predictor.predict(normalize_batch(u8, norm), meta)
                 logits[[start + i for i in ok]] = out.logits
+                stats[[start + i for i in ok]] = image_stats(u8)
             bar.update(len(loaded))
     bar.close()
-    return logits, errors
+    return logits, errors, stats
 
 
 def predict_frame(bundle: Path, df: pd.DataFrame, backend: str, progress: bool = True):
-    """(rows that decoded, their logits, decode errors) for a manifest frame (its age, sex and site go to a model
-    that reads them)."""
+    """(rows that decoded with their image statistics, their logits, decode errors) for a manifest frame (its age,
+    sex and site go to a model that reads them)."""
     from skinscan.data.metadata import encode_frame
 
     meta = encode_frame(df) if read_card(bundle).uses_metadata else None
-    logits, errors = predict_logits(bundle, df["uri"].tolist(), backend, progress=progress, metadata=meta)
+    logits, errors, stats = predict_logits(bundle, df["uri"].tolist(), backend, progress=progress, metadata=meta)
     keep = np.array([i not in errors for i in range(len(df))], bool)
+    df = df.assign(**{c: stats[:, j] for j, c in enumerate(IMAGE_STATS)})  # the images' statistics, as rows carry
     return df[keep].reset_index(drop=True), logits[keep], errors
 
 
@@ -149,9 +155,15 @@ def evaluate(
     from conversion.onnx_export import ensure_onnx
     from skinscan.evaluation.isic import official_score, write_isic_files
     from skinscan.evaluation.metrics import evaluate_probs, expected_calibration_error
-    from skinscan.evaluation.operating import at_operating_point, by_subgroup, headline, lesion_groups
-    from skinscan.evaluation.plots import plot_confusion, plot_reliability, plot_roc
-    from skinscan.models.calibration import card_rule, nll, softmax
+    from skinscan.evaluation.operating import (
+        at_operating_point,
+        by_subgroup,
+        headline,
+        lesion_groups,
+        score_calibration,
+    )
+    from skinscan.evaluation.plots import plot_binary_reliability, plot_confusion, plot_reliability, plot_roc
+    from skinscan.models.calibration import card_probs, card_rule, decision_scores, nll, softmax
 
     bundle, out = local_bundle(bundle), Path(output)
     card = read_card(bundle)
@@ -176,32 +188,40 @@ def evaluate(
     t0 = time.time()
     df, logits, errors = predict_frame(bundle, df, backend, progress)
     y = df["label"].map(classes.index).to_numpy()
-    probs = softmax(logits, card.temperature)  # the card's temperature: what every screening backend applies
-    raw = evaluate_probs(y, probs, classes)
+    probs = card_probs(card, logits)  # the card's temperature and offsets: what every screening backend applies
+    decide = decision_scores(probs, card.class_bias)  # the predicted class: offsets out (a balanced decision)
+    raw = evaluate_probs(y, probs, classes, decide)
     ece_before, reliability_before = expected_calibration_error(y, softmax(logits))
     calibration = {
         "temperature": card.temperature,
         "fitted_on": card.calibration.fitted_on if card.calibration else None,
         "nll_before": nll(logits, y),
-        "nll_after": nll(logits, y, card.temperature),
+        "nll_after": nll(logits, y, card.temperature, card.class_bias),
         "ece_before": ece_before,
         "ece_after": raw["ece"],
+        "class_bias": card.class_bias,
+    }
+    # the thresholded scores: uncalibrated, the card's temperature without its offsets, and as the card defines them
+    flag_scores = {
+        "uncalibrated": score_calibration(softmax(logits), y, classes),
+        "no offsets": score_calibration(softmax(logits, card.temperature), y, classes),
+        "card": score_calibration(probs, y, classes),
     }
     rule = card_rule(card)
-    operating = at_operating_point(probs, y, classes, lesion_groups(df), rule, bootstrap, seed)
+    operating = at_operating_point(probs, y, classes, lesion_groups(df), rule, bootstrap, seed, decide)
     subgroups = by_subgroup(df, probs, y, classes, rule, min(bootstrap, 500), seed)
     by_source = {}
     if "source" in df and df["source"].nunique() > 1:  # several sources: each beside the pooled figure
         groups = lesion_groups(df)
         for src in sorted(df["source"].dropna().unique()):
             m = (df["source"] == src).to_numpy()
-            one = at_operating_point(probs[m], y[m], classes, groups[m], rule, min(bootstrap, 500), seed)
+            one = at_operating_point(probs[m], y[m], classes, groups[m], rule, min(bootstrap, 500), seed, decide[m])
             by_source[str(src)] = headline(one, m.sum())
         by_source["pooled"] = headline(operating, len(y))
     idx = oversample_indices(y, seed)
-    over = evaluate_probs(y[idx], probs[idx], classes)
+    over = evaluate_probs(y[idx], probs[idx], classes, decide[idx])
     out.mkdir(parents=True, exist_ok=True)
-    files = write_isic_files(df["image_id"].tolist(), y, probs, classes, out)
+    files = write_isic_files(df["image_id"].tolist(), y, decide, classes, out)  # what a challenge entry submits
     official = official_score(files["truth_scored"], files["predictions_scored"])
     result = {
         "model": str(bundle),
@@ -220,6 +240,9 @@ def evaluate(
         "subgroups": subgroups,
         "by_source": by_source,
         "calibration": calibration,
+        "flag_score_calibration": {
+            name: {k: v[name] for k, v in flag_scores.items() if v.get(name)} for name in flag_scores["card"]
+        },
         "card_operating_points": {k: v.model_dump() for k, v in card.operating_points.items()},
         "raw": raw,
         "oversampled": over,
@@ -239,8 +262,12 @@ def evaluate(
     plot_confusion(np.array(raw["confusion_matrix"]), classes, out / "confusion_raw.png", "raw")
     plot_confusion(np.array(over["confusion_matrix"]), classes, out / "confusion_oversampled.png", "oversampled")
     plot_roc(y, probs, classes, raw["auc"], out / "roc.png")
-    plot_reliability(raw["reliability"], raw["ece"], out / "reliability.png", f"temperature {card.temperature:.2f}")
+    how = f"temperature {card.temperature:.2f}" + (", class offsets" if card.class_bias else "")
+    plot_reliability(raw["reliability"], raw["ece"], out / "reliability.png", how)
     plot_reliability(reliability_before, ece_before, out / "reliability_uncalibrated.png", "uncalibrated")
+    for name, curves in result["flag_score_calibration"].items():
+        shown = {k: c for k, c in curves.items() if k == "card" or (k == "no offsets" and card.class_bias)}
+        plot_binary_reliability(shown, out / f"reliability_{name}.png", f"P({name})")
     (out / "evaluation.md").write_text(render_markdown(result))
     return result
 
@@ -334,6 +361,8 @@ AUC (one vs rest): {auc}.
 ![roc](roc.png)
 ![reliability](reliability.png)
 ![reliability, uncalibrated](reliability_uncalibrated.png)
+
+{_flag_scores_md(r)}
 """
 
 
@@ -359,11 +388,30 @@ def _operating_md(r: dict) -> str:
     )
 
 
+def _flag_scores_md(r: dict) -> str:
+    """The thresholded scores' calibration: slope (1 ideal), intercept (0 ideal), mean score against the rate."""
+    rows = []
+    for name, curves in r.get("flag_score_calibration", {}).items():
+        for how, c in curves.items():
+            rows.append(
+                f"| P({name}) | {how} | {c['slope']:.2f} | {c['intercept']:+.2f} | {c['mean_score']:.3f} | "
+                f"{c['observed_rate']:.3f} | {c['ece']:.3f} |"
+            )
+    if not rows:
+        return ""
+    pictures = " ".join(f"![P({n})](reliability_{n}.png)" for n in r["flag_score_calibration"])
+    return (
+        "## Calibration of the flagged scores\n\n| score | probabilities | slope | intercept | mean score | observed "
+        "rate | ECE |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + f"\n\n{pictures}"
+    )
+
+
 def _calibration_md(r: dict) -> str:
     c = r["calibration"]
     if c["fitted_on"] is None:
         return f"Calibration: none in the card (temperature 1); NLL {c['nll_before']:.4f}, ECE {c['ece_before']:.4f}."
     return (
-        f"Calibration: temperature {c['temperature']:.3f} (fitted on {c['fitted_on']}); on these images NLL "
+        f"Calibration: temperature {c['temperature']:.3f}{' and class offsets' if c.get('class_bias') else ''} "
+        f"(fitted on {c['fitted_on']}); on these images NLL "
         f"{c['nll_before']:.4f} -> {c['nll_after']:.4f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}."
     )

@@ -56,21 +56,55 @@ def sensitivity_at_specificity(y_true_bin: np.ndarray, scores: np.ndarray, speci
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, dict]:
-    """ECE on top-1 confidence with equal-width bins; also the reliability-diagram data."""
-    conf = probs.max(1)
-    correct = (probs.argmax(1) == y_true).astype(float)
+def _reliability(score: np.ndarray, hit: np.ndarray, n_bins: int) -> tuple[float, dict]:
+    """ECE of `score` against the 0/1 outcomes `hit`, equal-width bins; the reliability-diagram data."""
     edges = np.linspace(0, 1, n_bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    idx = np.clip(np.digitize(score, edges[1:-1], right=True), 0, n_bins - 1)
     ece, bins = 0.0, {"confidence": [], "accuracy": [], "count": []}
     for b in range(n_bins):
         m = idx == b
         if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-        bins["confidence"].append(float(conf[m].mean()) if m.any() else None)
-        bins["accuracy"].append(float(correct[m].mean()) if m.any() else None)
+            ece += m.mean() * abs(hit[m].mean() - score[m].mean())
+        bins["confidence"].append(float(score[m].mean()) if m.any() else None)
+        bins["accuracy"].append(float(hit[m].mean()) if m.any() else None)
         bins["count"].append(int(m.sum()))
     return float(ece), bins
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, dict]:
+    """ECE on top-1 confidence with equal-width bins; also the reliability-diagram data."""
+    return _reliability(probs.max(1), (probs.argmax(1) == y_true).astype(float), n_bins)
+
+
+def binary_calibration(scores: np.ndarray, positive: np.ndarray, n_bins: int = 10) -> dict | None:
+    """How well a thresholded score (P(MEL), P(malignant)) means what it says: calibration slope (logistic
+    regression of the outcome on logit(score); 1 is ideal, below 1 over-confident), calibration intercept
+    (calibration-in-the-large, the slope held at 1; 0 is ideal, below 0 the score over-states the rate), mean score
+    against observed rate, Brier score, binary ECE and the reliability bins. None without both outcomes."""
+    from scipy.optimize import brentq
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
+    y = np.asarray(positive, bool)
+    if y.all() or not y.any():
+        return None
+    x = np.log(p / (1 - p))
+    slope = float(LogisticRegression(C=np.inf).fit(x[:, None], y).coef_[0, 0])
+
+    def mean_gap(a: float) -> float:
+        return float(np.mean(1 / (1 + np.exp(-(a + x)))) - y.mean())
+
+    intercept = float(brentq(mean_gap, -30, 30))
+    ece, bins = _reliability(p, y.astype(float), n_bins)
+    return {
+        "slope": slope,
+        "intercept": intercept,
+        "mean_score": float(p.mean()),
+        "observed_rate": float(y.mean()),
+        "brier": float(np.mean((p - y) ** 2)),
+        "ece": ece,
+        "reliability": bins,
+    }
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -202,16 +236,18 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(dice.mean()), float(iou.mean())
 
 
-def evaluate_probs(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
-    """Every metric of the evaluation report, from true class indices and predicted probabilities."""
-    y_pred = probs.argmax(1)
+def evaluate_probs(y_true: np.ndarray, probs: np.ndarray, classes: list[str], decide: np.ndarray | None = None) -> dict:
+    """Every metric of the evaluation report, from true class indices and predicted probabilities; `decide`: the
+    scores whose argmax is the predicted class (`calibration.decision_scores`; default the probabilities)."""
+    decide = probs if decide is None else decide
+    y_pred = decide.argmax(1)
     report = classification_report(y_true, y_pred, classes)
     ece, reliability = expected_calibration_error(y_true, probs)
     out = {
         "n": int(len(y_true)),
         **report,
         "balanced_accuracy": balanced_accuracy(y_true, y_pred),
-        "isic_balanced_accuracy": isic_balanced_accuracy(y_true, probs),
+        "isic_balanced_accuracy": isic_balanced_accuracy(y_true, decide),
         "auc": one_vs_rest_auc(y_true, probs, classes),
         "confusion_matrix": confusion_matrix(y_true, y_pred, len(classes)).tolist(),
         "ece": ece,

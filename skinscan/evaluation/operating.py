@@ -12,13 +12,14 @@ import pandas as pd
 
 from skinscan.data import splits
 from skinscan.evaluation.metrics import (
+    binary_calibration,
     bootstrap_ci,
     classification_summary,
     clustered_rate_intervals,
     screening_rates,
     weighted_auc,
 )
-from skinscan.models.calibration import MALIGNANT_ORDERED, FlagRule
+from skinscan.models.calibration import MALIGNANT_ORDERED, RULE_MEMBERS, FlagRule, rule_scores
 
 SMALL_GROUP = 20
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
@@ -58,14 +59,22 @@ def _with_ci(flagged, positive, groups, reps, seed) -> dict:
 
 
 def at_operating_point(
-    probs: np.ndarray, y: np.ndarray, classes: list[str], groups: np.ndarray, rule: FlagRule, reps=1000, seed=0
+    probs: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    groups: np.ndarray,
+    rule: FlagRule,
+    reps=1000,
+    seed=0,
+    decide: np.ndarray | None = None,
 ) -> dict:
     """Sensitivity, specificity, PPV and referrals per 1,000 for each operating point and the screening flag,
-    plus balanced accuracy, macro F1 and per-class AUC, each with a lesion-bootstrap 95% interval."""
+    plus balanced accuracy, macro F1 (of the argmax of `decide`, default `probs`) and per-class AUC, each with a
+    lesion-bootstrap 95% interval."""
     points = {
         name: _with_ci(f, p, groups, reps, seed) for name, (f, p) in rule_decisions(probs, y, classes, rule).items()
     }
-    pred, k = probs.argmax(1), len(classes)
+    pred, k = (probs if decide is None else decide).argmax(1), len(classes)
     aucs = {c: weighted_auc(y == i, probs[:, i]) for i, c in enumerate(classes) if 0 < (y == i).sum() < len(y)}
 
     def stat(w):
@@ -190,3 +199,18 @@ def headline_markdown(rows: dict[str, dict], what: str) -> str:
             f"{fmt_ci(h['flag_sensitivity'])} | {fmt_ci(h['flag_specificity'])} |"
         )
     return "\n".join(lines)
+
+
+FLAG_SCORES = ("MEL", "malignant")
+"""The scores operating points threshold, whose calibration is reported on its own."""
+
+
+def score_calibration(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
+    """`binary_calibration` of P(MEL) and P(malignant) (the classes the model has) against their truths."""
+    truth = np.array(classes)[y]
+    out = {}
+    for name in FLAG_SCORES:
+        members = [c for c in RULE_MEMBERS[name] if c in classes]
+        if members:
+            out[name] = binary_calibration(rule_scores(probs, classes, members), np.isin(truth, members))
+    return out

@@ -85,3 +85,23 @@ def plot_reliability(reliability: dict, ece: float, path: Path, label: str = "")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_binary_reliability(curves: dict[str, dict], path: Path, score: str) -> None:
+    """Observed rate against mean score per bin for one thresholded score (P(MEL), P(malignant)), one line per
+    calibration (`metrics.binary_calibration` results), with slope and intercept in the legend."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for name, c in curves.items():
+        rel = c["reliability"]
+        pts = [(x, y, n) for x, y, n in zip(rel["confidence"], rel["accuracy"], rel["count"]) if n]
+        label = f"{name}: slope {c['slope']:.2f}, intercept {c['intercept']:+.2f}, ECE {c['ece']:.3f}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+    ax.set_xlabel(f"mean {score} in the bin")
+    ax.set_ylabel("observed rate")
+    ax.set_title(f"Reliability of {score}")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -72,9 +72,15 @@ class ExportRecord(_Open):
 
 
 class Calibration(_Open):
-    """Temperature scaling fitted on a validation set: probabilities are softmax(logits / temperature)."""
+    """Fitted on a validation set: probabilities are softmax(logits / temperature + class_bias), the offsets (one a
+    class, or none) undoing the oversampler's class prior. `binary`: calibration of the scores the flag thresholds,
+    P(MEL) and P(malignant), on that set with the temperature alone ("before") and with the offsets ("after")."""
 
     temperature: float
+    class_bias: list[float] | None = None
+    binary: dict | None = None
+    shift_reference: dict | None = None  # the validation split's deciles of the flag scores and image statistics
+    val_prior: dict[str, float] | None = None  # class frequencies of that set (EM's start: `evaluation.priors`)
     fitted_on: str
     n: int
     nll_before: float
@@ -137,6 +143,10 @@ class ModelCard(_Open):
     @property
     def temperature(self) -> float:
         return self.calibration.temperature if self.calibration else 1.0
+
+    @property
+    def class_bias(self) -> list[float] | None:
+        return self.calibration.class_bias if self.calibration else None
 
     @property
     def model_id(self) -> str:

@@ -1,8 +1,11 @@
-"""From logits to decisions: temperature scaling and operating points.
+"""From logits to decisions: temperature scaling, the training prior undone, and operating points.
 
-A screening programme thresholds probabilities, so they must mean what they say (temperature scaling, Guo et al.
-2017: one scalar fitted on validation, argmax unchanged) and the threshold must come from a target it can defend
-(the sensitivity it wants on validation), not 0.5. Pure numpy: training, `skinscan calibrate`, evaluation and every
+A screening programme thresholds probabilities, so they must mean what they say: temperature scaling (Guo et al.
+2017) makes them as confident as they are right, and per-class offsets (bias-corrected temperature scaling,
+Alexandari et al. 2020) undo the class prior the oversampler trained with, which one temperature cannot: trained on
+balanced classes, P(MEL) and P(malignant) would otherwise stay inflated against the prevalence the model screens at.
+Both are fitted on validation. The threshold must come from a target it can defend (the sensitivity it wants on
+validation), not 0.5. Pure numpy: training, `skinscan calibrate`, evaluation and every
 screening backend call the same functions, so a probability is the same wherever it is computed."""
 
 from __future__ import annotations
@@ -19,15 +22,37 @@ RULE_MEMBERS: dict[str, list[str]] = {"malignant": MALIGNANT_ORDERED, **{c: [c] 
 """Operating-point names -> the classes whose probabilities are summed into its score."""
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def _scaled(logits: np.ndarray, temperature: float, bias=None) -> np.ndarray:
     z = np.asarray(logits, np.float64) / temperature
+    return z if bias is None else z + np.asarray(bias, np.float64)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarray:
+    """softmax(logits / temperature + bias) (`bias`: per-class offsets, or None)."""
+    z = _scaled(logits, temperature, bias)
     e = np.exp(z - z.max(1, keepdims=True))
     return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
-def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
+def card_probs(card, logits: np.ndarray) -> np.ndarray:
+    """The probabilities a bundle's card defines: its temperature and class offsets (every backend and evaluation
+    computes them here, so a probability is the same wherever it is computed)."""
+    return softmax(logits, card.temperature, card.class_bias)
+
+
+def decision_scores(probs: np.ndarray, bias=None) -> np.ndarray:
+    """The card's probabilities with its class offsets taken out (a uniform class prior, as trained): their argmax
+    is the balanced-accuracy decision, the predicted class. The probabilities themselves carry the data's prior, so
+    their argmax favours common classes; thresholds and reported probabilities use them, the predicted class not."""
+    if bias is None:
+        return probs
+    q = np.asarray(probs, np.float64) * np.exp(-np.asarray(bias, np.float64))
+    return (q / q.sum(1, keepdims=True)).astype(np.float32)
+
+
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0, bias=None) -> float:
     """Mean negative log-likelihood of the true classes."""
-    z = np.asarray(logits, np.float64) / temperature
+    z = _scaled(logits, temperature, bias)
     z = z - z.max(1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     return float(-logp[np.arange(len(y)), y].mean())
@@ -40,6 +65,23 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     bounds = (math.log(0.05), math.log(20))
     res = minimize_scalar(lambda t: nll(logits, y, math.exp(t)), bounds=bounds, method="bounded")
     return float(math.exp(res.x))
+
+
+def fit_temperature_and_bias(logits: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[float, np.ndarray]:
+    """(T, b): the temperature and per-class offsets (mean 0) minimising validation NLL of softmax(logits / T + b),
+    with a small L2 penalty on b so a class absent from validation gets a finite offset. The offsets move P(class)
+    towards the validation split's class frequencies (the data's prior, not the oversampler's); argmax can change."""
+    from scipy.optimize import minimize
+
+    k = np.asarray(logits).shape[1]
+
+    def loss(p: np.ndarray) -> float:
+        return nll(logits, y, math.exp(p[0]), p[1:]) + l2 * float(np.sum(p[1:] ** 2))
+
+    start = np.concatenate([[math.log(fit_temperature(logits, y))], np.zeros(k)])
+    res = minimize(loss, start, method="L-BFGS-B", bounds=[(math.log(0.05), math.log(20))] + [(-10, 10)] * k)
+    b = res.x[1:] - res.x[1:].mean()
+    return float(math.exp(res.x[0])), b
 
 
 def rule_scores(probs: np.ndarray, classes: list[str], members: list[str]) -> np.ndarray:

@@ -69,6 +69,7 @@ def maker(cfg: ScreenConfig) -> dict:
         "explain": cfg.explain if cfg.explain == "none" else f"{cfg.explain}:{cfg.explain_method}",
         "flag_rule": screening_rule(card, cfg.flag.threshold, cfg.flag.classes).describe(),
         "temperature": card.temperature,
+        "class_bias": card.class_bias,  # the training prior undone (calibrate --prior bias): other probabilities
         "crop_to_lesion": cfg.crop_to_lesion,
         "thumbnails": cfg.thumbnails,
         "precision": cfg.precision,
@@ -95,9 +96,11 @@ def _default(name: str):
 MAKER_DEFAULTS = {
     **{k: _default(k) for k in ("precision", "gpu_decode", "max_pixels", "max_input_bytes")},
     "export_sha256": None,
+    "class_bias": None,
 }
 """Settings makers record since outputs began to record these: an older output's maker, which lacks them, is read
-with their defaults. `export_sha256` None (not recorded, not exported yet) matches any."""
+with their defaults (`class_bias` None: no offsets, as cards calibrated before them). `export_sha256` None (not
+recorded, not exported yet) matches any."""
 
 
 def differences(old: dict, new: dict) -> dict[str, tuple]:

@@ -539,12 +539,24 @@ def _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref) ->
             "interrupted": interrupted,
             "listing_s": listing_s[0] if listing_s else None,
             "flag": flag_summary(cfg),
+            "shift": None if stand_in or interrupted else shift_summary(cfg),
         }
     )
     record_summary(cfg.output, summary)
     if interrupted:
         raise KeyboardInterrupt(f"{written} rows written this run; rerun the same command to resume")
     return summary
+
+
+def shift_summary(cfg: ScreenConfig) -> dict | None:
+    """The archive against the card's validation reference (`screening.shiftcheck`)."""
+    from skinscan.models.bundle import read_card
+    from skinscan.screening.shiftcheck import archive_shift
+
+    try:
+        return archive_shift(cfg.output, read_card(cfg.model), cfg.rows_per_part)
+    except Exception as err:  # noqa: BLE001 - the check must never cost a run its summary
+        return {"skipped": f"the check failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
 
 
 def flag_summary(cfg: ScreenConfig) -> dict:
@@ -586,6 +598,21 @@ def print_summary(s: dict) -> None:
             "they are kept and do not count as missing"
         )
     print(f"[screen] per class {s['per_class']}; flagged {s['flagged']} by {s.get('flag', {}).get('rule', '?')}")
+    if s.get("shift"):
+        from skinscan.evaluation.shift import describe
+
+        print(
+            f"[screen] {'WARNING: ' if s['shift'].get('shifted') else ''}archive vs validation: {describe(s['shift'])}"
+        )
+        e = s["shift"].get("expected_per_1000")
+        if e and e.get("withheld"):
+            print(f"[screen] rates per 1,000 not estimated without labels: {e['withheld']}")
+        elif e:
+            print(
+                f"[screen] expected without labels (EM): melanoma {e['MEL']:.0f} and any malignant lesion "
+                f"{e['malignant']:.0f} per 1,000 (validation {e['validation']['MEL']:.0f} and "
+                f"{e['validation']['malignant']:.0f})"
+            )
     if s.get("metadata_used"):
         print(
             f"[screen] {s['metadata_used']} of {s['ok']} images classified with their age/sex/site; the rest image-only"

@@ -24,6 +24,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 background:#f7f8fa}
 h1{margin:0 0 4px}h2{margin-top:32px;border-bottom:1px solid #dde;padding-bottom:4px}
 .muted{color:#667}.cards{display:flex;gap:12px;flex-wrap:wrap}
+.warn{background:#fff3cd;border-left:4px solid #c0392b;padding:8px}
 .card{background:#fff;border:1px solid #dde;border-radius:8px;padding:12px 16px;min-width:120px}
 .card b{font-size:24px;display:block}.flag b{color:#b3261e}
 table{border-collapse:collapse;background:#fff}
@@ -104,6 +105,28 @@ def _gallery_item(row: dict) -> str:
         f"<div class=item><div class=id>{html.escape(row['image_id'])}{area}</div>"
         f'<img src="{_data_uri(outlined)}" alt="image with lesion outline">{heat_img}{bars}'
         f'<div class="muted id">{html.escape(row["uri"])}</div></div>'
+    )
+
+
+def _shift(result: dict | None) -> str:
+    """Whether this archive looks like the validation split the operating point was chosen on."""
+    from skinscan.evaluation.shift import describe
+
+    if not result or not result.get("psi"):
+        return f"<p class=muted id=shift>{html.escape(describe(result)).capitalize()}.</p>"
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f}</td></tr>" for k, v in result["psi"].items())
+    head = "<p class=warn id=shift><b>Warning:</b> " if result["shifted"] else "<p id=shift>Archive vs validation: "
+    e = result.get("expected_per_1000")
+    expected = (
+        f" Expected without labels (EM): melanoma {e['MEL']:.0f} and any malignant lesion {e['malignant']:.0f} per "
+        f"1,000 (validation {e['validation']['MEL']:.0f} and {e['validation']['malignant']:.0f})."
+        if e and not e.get("withheld")
+        else ""
+    )
+    return (
+        f"{head}{html.escape(describe(result))}.{expected}</p><details><summary>Population stability index per "
+        f"feature ({result['rows_compared']} rows sampled; scores after re-mixing validation to the estimated case "
+        f"mix)</summary><table>{table}</table></details>"
     )
 
 
@@ -203,6 +226,7 @@ def write_report(output: str, path: str | None = None, max_flagged: int = 60) ->
 <div class=muted>{html.escape(str(output))} · models {html.escape(models)} · {html.escape(speed)}</div>
 <h2>Operating point</h2>
 {_operating_point(run.get("flag", {}), rule, s)}
+{_shift(run.get("shift"))}
 <h2>Summary</h2>
 <div class=cards>
 <div class=card><b id=n-rows>{s["rows"]}</b>images</div>

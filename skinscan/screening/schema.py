@@ -10,7 +10,7 @@
 | error_type, error_message | string | for errors: empty, truncated, not_image, too_large, unsupported, |
 | | | missing, read_error |
 | width, height | int32 | original image size |
-| predicted_class | string | ISIC 2019 class with the highest probability |
+| predicted_class | string | ISIC 2019 class of the balanced decision (argmax with the class offsets taken out) |
 | confidence | float32 | its probability |
 | prob_MEL ... prob_SCC | float32 | per-class probabilities (null for classes the model lacks) |
 | flagged | bool | the flag rule fired: the bundle's operating points (chosen on validation) or a configured threshold |
@@ -30,6 +30,8 @@
 | t_decode_ms, t_segment_ms, t_classify_ms, t_explain_ms | float32 | per-image share of its batch's time |
 | screened_at | timestamp[ms, UTC] | when the row was produced |
 | node_id, actor_id | string | the Ray node and classifier actor that screened the row (null in older parts) |
+| img_mean_r, img_mean_g, img_mean_b, img_luma_std | float32 | the classifier input's mean colour and luminance |
+| | | spread (0-255): compared with the card's validation reference (`evaluation.shift`; v3) |
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ import pyarrow as pa
 
 from skinscan.data.taxonomy import ISIC2019_CLASSES
 
-SCHEMA_VERSION = 2
-"""1: the first parts (`metadata_used`, `node_id`, `actor_id` came later, null where absent); 2: `uri_key`. Parts of
-an older version are read with the current schema, the columns they lack as null (`uri_key` then computed from
-`uri`); a rerun into an older output writes v2 parts beside them."""
+SCHEMA_VERSION = 3
+"""1: the first parts (`metadata_used`, `node_id`, `actor_id` came later, null where absent); 2: `uri_key`; 3: the
+image statistics. Parts of an older version are read with the current schema, the columns they lack as null
+(`uri_key` then computed from `uri`); a rerun into an older output writes v3 parts beside them."""
 PROB_COLUMNS = [f"prob_{c}" for c in ISIC2019_CLASSES]
 
 SCHEMA = pa.schema(
@@ -87,6 +89,10 @@ SCHEMA = pa.schema(
         ("screened_at", pa.timestamp("ms", tz="UTC")),
         ("node_id", pa.string()),
         ("actor_id", pa.string()),
+        ("img_mean_r", pa.float32()),
+        ("img_mean_g", pa.float32()),
+        ("img_mean_b", pa.float32()),
+        ("img_luma_std", pa.float32()),
     ],
     metadata={"skinscan_schema_version": str(SCHEMA_VERSION)},
 )

@@ -24,8 +24,9 @@ from skinscan.data.preprocess import normalize_batch
 from skinscan.data.storage import DEFAULT_SCHEMES
 from skinscan.data.taxonomy import ISIC2019_CLASSES
 from skinscan.errors import ImageDecodeError
+from skinscan.evaluation.shift import IMAGE_STATS, image_stats
 from skinscan.explain.encode import encode_map
-from skinscan.models.calibration import screening_rule, softmax
+from skinscan.models.calibration import card_probs, decision_scores, screening_rule
 from skinscan.screening.schema import PROB_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 
@@ -140,6 +141,10 @@ def decode_batch(
             status[i], etype[i], emsg[i] = "error", "missing", f"{uri}: file not found"
         except Exception as err:  # noqa: BLE001 - any read failure is recorded in the row, never fatal
             status[i], etype[i], emsg[i] = "error", "read_error", f"{uri}: {type(err).__name__}: {err}"
+    stats = np.full((n, len(IMAGE_STATS)), np.nan, np.float32)
+    ok = [i for i in range(n) if status[i] == "ok"]
+    if ok:  # of the whole decoded image, before any crop or colour constancy: what the camera gave
+        stats[ok] = image_stats(work[ok])
     dt = (time.perf_counter() - t0) * 1000 / max(1, n)
     out = {
         "image_id": _obj(batch["image_id"]),
@@ -151,6 +156,7 @@ def decode_batch(
         "width": width,
         "height": height,
         "work": work,
+        **{col: stats[:, j] for j, col in enumerate(IMAGE_STATS)},
         "t_decode_ms": np.full(n, dt, np.float32),
     }
     if thumb is not None:
@@ -327,7 +333,6 @@ class ClassifyStage:
             self.head_w = head_weights(self.model)[0].numpy()
         # the card's operating points (chosen on validation) unless the config sets a fixed threshold
         self.rule = screening_rule(self.card, threshold, list(flag_classes))
-        self.temperature = self.card.temperature
         self.backend = backend
         self.id = self.card.model_id
         self.version = f"{self.card.created or '?'} skinscan {__version__}"
@@ -363,8 +368,8 @@ class ClassifyStage:
                 meta = encode_frame(pd.DataFrame({c: batch[c][ok] for c in METADATA_COLUMNS if c in batch}, index=ok))
                 used[ok] = known(meta)
             out = self.predictor.predict(x, meta)
-            probs = softmax(out.logits, self.temperature)
-            top = probs.argmax(1)
+            probs = card_probs(self.card, out.logits)
+            top = decision_scores(probs, self.card.class_bias).argmax(1)  # a balanced decision; probs keep the prior
             for k, c in enumerate(self.classes):
                 if c in ISIC2019_CLASSES:
                     probs_all[ok, ISIC2019_CLASSES.index(c)] = probs[:, k]

@@ -67,12 +67,19 @@ UNKNOWN_MASK = 255
 
 def lesion_mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """BCE against the lesion fraction of each feature-map cell (the mask average-pooled to the map's size), over
-    the images that have a mask."""
-    known = ~(mask == UNKNOWN_MASK).flatten(1).any(1)
-    if not known.any():
-        return mask_logits.sum() * 0.0
-    target = nn.functional.adaptive_avg_pool2d(mask[known], mask_logits.shape[-2:])
-    return nn.functional.binary_cross_entropy_with_logits(mask_logits[known], target)
+    the images that have a mask. Images without one weigh 0 instead of being indexed out: no `.any()` and no
+    boolean indexing, so no host synchronisation in a GPU step."""
+    unknown = (mask == UNKNOWN_MASK).flatten(1).any(1)
+    known = (~unknown).to(torch.float32)
+    target = nn.functional.adaptive_avg_pool2d(
+        mask.masked_fill(unknown[:, None, None, None], 0), mask_logits.shape[-2:]
+    )
+    per_image = (
+        nn.functional.binary_cross_entropy_with_logits(mask_logits.float(), target.float(), reduction="none")
+        .flatten(1)
+        .mean(1)
+    )
+    return (per_image * known).sum() / known.sum().clamp(min=1)
 
 
 def withhold(meta: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
