@@ -299,3 +299,25 @@ def test_forked_processes_read_an_archive_the_parent_opened(tmp_path):
     with ctx.Pool(4) as pool:
         got = pool.starmap(_read_all_members, [(uris, 5)] * 4)
     assert all(g == expected * 5 for g in got)
+
+
+def test_threads_reading_members_of_one_zip_at_once_all_get_their_bytes(tmp_path):
+    """Evaluation reads with 4 threads: those opening the same archive at once once made two filesystems, and the
+    dropped one closed the file the other read ("seek of closed file", seen on `skinscan calibrate` of the demo)."""
+    import zipfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skinscan.data import storage
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(40):
+            z.writestr(f"img_{i}.jpg", bytes([i]) * (5000 + i))
+    uris = [f"zip://img_{i}.jpg::{archive}" for i in range(40)]
+    for _ in range(10):
+        storage.archive_fs.cache_clear()
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(storage.read_bytes, uris))
+        assert [len(g) for g in got] == [5000 + i for i in range(40)] and all(
+            g[:1] == bytes([i]) for i, g in enumerate(got)
+        )

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import posixpath
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,17 +49,28 @@ def normalize(uri: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def archive_fs(kind: str, archive_uri: str, compression: str | None = None) -> fsspec.AbstractFileSystem:
-    """An fsspec filesystem over an archive, opened once per process."""
+def _open_archive(kind: str, archive_uri: str, compression: str | None = None) -> fsspec.AbstractFileSystem:
     try:  # both archive filesystems open `fo` through fsspec; tar detects its compression itself
         return fsspec.filesystem(kind, fo=archive_uri)
     except Exception as err:  # noqa: BLE001 - any failure means the archive is unreadable
         raise DataError(f"cannot open {kind} archive {archive_uri}: {err}") from None
 
 
+_ARCHIVES = threading.Lock()
+
+
+def archive_fs(kind: str, archive_uri: str, compression: str | None = None) -> fsspec.AbstractFileSystem:
+    """An fsspec filesystem over an archive, opened once per process. Under a lock: threads that opened the same
+    archive at once (evaluation reads with 4) made two filesystems, and the one dropped closed the file the other
+    was reading ("seek of closed file")."""
+    with _ARCHIVES:
+        return _open_archive(kind, archive_uri, compression)
+
+
+archive_fs.cache_clear = _open_archive.cache_clear  # type: ignore[attr-defined]
 # A forked child (a DataLoader worker) must open archives itself: the parent's file object shares its offset with
 # the child, and concurrent readers then get each other's bytes.
-os.register_at_fork(after_in_child=archive_fs.cache_clear)
+os.register_at_fork(after_in_child=_open_archive.cache_clear)
 
 
 def split_chained(uri: str) -> tuple[str, str, str] | None:
