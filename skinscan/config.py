@@ -86,6 +86,9 @@ class FlagTargets(Section):
     or `malignant` = MEL+BCC+SCC+AK summed) the most specific threshold reaching this validation sensitivity."""
 
     target_sensitivity: dict[str, float] = Field(default_factory=lambda: {"MEL": 0.90, "malignant": 0.90})
+    # None: the point estimate on validation reaches the target (about half the time the true sensitivity is lower);
+    # e.g. 0.95: the one-sided lower 95% bound does (Wilson, counted in lesions), at some specificity
+    confidence: float | None = Field(None, gt=0.5, lt=1)
 
     @field_validator("target_sensitivity")
     @classmethod

@@ -396,3 +396,37 @@ def test_screening_says_when_an_archive_is_not_like_validation(overconfident_bun
     record_summary(str(tmp_path / "cast"), {"shift": verdicts["cast"], "this_run_rows": 1})
     page = Path(write_report(str(tmp_path / "cast"))).read_text()
     assert "<p class=warn id=shift><b>Warning:</b> distribution shift" in page
+
+
+def test_thresholds_at_a_confidence_hold_the_target_by_their_lower_bound_and_the_whole_flag_is_recorded(
+    overconfident_bundle, tmp_path
+):
+    """A point estimate meets the target on validation and misses it about half the time beyond; at confidence 0.95
+    the threshold is chosen where the lower bound (Wilson, in lesions) reaches it: lower, more sensitive, said in the
+    card. The flag as deployed (any point) gets its own validation figures."""
+    from skinscan.config import CalibrateConfig
+    from skinscan.evaluation.calibrate import choose_points, run
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = (rng.random(n) < 0.3).astype(int)  # classes ["NV", "MEL"]
+    probs = np.zeros((n, 2), np.float32)
+    probs[:, 1] = np.clip(np.where(y == 1, rng.normal(0.7, 0.2, n), rng.normal(0.3, 0.2, n)), 0, 1)
+    probs[:, 0] = 1 - probs[:, 1]
+    groups = np.arange(n).astype(str)
+    plain = choose_points(probs, y, ["NV", "MEL"], groups, {"MEL": 0.8}, "val")["MEL"]
+    sure = choose_points(probs, y, ["NV", "MEL"], groups, {"MEL": 0.8}, "val", confidence=0.95)["MEL"]
+    assert plain.target_confidence is None and sure.target_confidence == 0.95
+    assert sure.threshold < plain.threshold and sure.val_sensitivity > plain.val_sensitivity >= 0.8
+    assert sure.val_sensitivity_ci[0] >= 0.8 - 0.02  # the two-sided 95% interval's bound sits below the 95% one-sided
+    bundle, manifest = overconfident_bundle
+    a = tmp_path / "a"
+    shutil.copytree(bundle, a)
+    card = run(CalibrateConfig(model=str(a), data=str(manifest), split="val", bootstrap=0))
+    whole = card.calibration.flag_on_validation
+    assert whole["rule"].startswith("P(MEL) >=") and " or " in whole["rule"]
+    assert (
+        0 <= whole["specificity"] <= 1
+        and whole["sensitivity"] >= card.operating_points["malignant"].val_sensitivity - 1e-9  # an OR adds flags
+    )
+    assert len(whole["sensitivity_ci"]) == 2 and whole["referrals_per_1000"] > 0

@@ -41,6 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["bias", "none"],
         help="undo the training prior with class offsets beside the temperature (default), or the temperature alone",
     )
+    c.add_argument(
+        "--confidence",
+        type=float,
+        help="choose thresholds so that the target holds at this confidence (e.g. 0.95: the lower bound reaches it)",
+    )
     c.set_defaults(func=cmd_calibrate)
 
 
@@ -76,5 +81,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             except ValueError:
                 raise ConfigError(f"--target {item}: expected NAME=SENSITIVITY, e.g. MEL=0.9") from None
         cfg["flag"] = {"target_sensitivity": targets}
+    if a.confidence is not None:
+        cfg.setdefault("flag", {})["confidence"] = a.confidence
     run(validate(CalibrateConfig, cfg))
     return 0

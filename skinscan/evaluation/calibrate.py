@@ -13,10 +13,24 @@ import pandas as pd
 
 from skinscan.config import CalibrateConfig
 from skinscan.errors import ConfigError, DataError
-from skinscan.evaluation.metrics import clustered_rate_intervals, expected_calibration_error
+from skinscan.evaluation.metrics import clustered_rate_intervals, expected_calibration_error, screening_rates
 from skinscan.evaluation.operating import lesion_groups, score_calibration
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import Calibration, ModelCard, OperatingPoint, read_card, record_calibration
+
+
+def threshold_at_confidence(
+    scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, target: float, confidence: float, start: float
+) -> float | None:
+    """The highest threshold (at or below `start`, the point estimate's) whose sensitivity has a one-sided lower
+    `confidence` bound (Wilson, counted in lesions) at or above `target`; None when flagging every positive does not
+    reach it (too few lesions for that confidence)."""
+    level = 2 * confidence - 1  # a two-sided interval at this level has the one-sided bound below
+    for t in np.unique(scores[positive & (scores <= start)])[::-1]:
+        low = clustered_rate_intervals(scores >= t, positive, groups, level)["sensitivity"]
+        if low and low[0] >= target:
+            return float(t)
+    return None
 
 
 def choose_points(
@@ -27,8 +41,11 @@ def choose_points(
     targets: dict[str, float],
     where: str,
     reps: int = 1000,
+    confidence: float | None = None,
 ) -> dict[str, OperatingPoint]:
-    """For each target, the most specific threshold that reaches it on these (validation) rows."""
+    """For each target, the most specific threshold that reaches it on these (validation) rows: its point estimate
+    (`confidence` None), or the lower bound of its `confidence` interval, so that the target holds at that confidence
+    and not only about half the time."""
     truth = np.array(classes)[y]
     points = {}
     for name, target in targets.items():
@@ -39,6 +56,16 @@ def choose_points(
             continue
         scores = cal.rule_scores(probs, classes, members)
         t, sens, spec = cal.threshold_for_sensitivity(scores, positive, target)
+        if confidence is not None:
+            bound = threshold_at_confidence(scores, positive, groups, target, confidence, t)
+            if bound is None:
+                bound = float(scores[positive].min())
+                print(
+                    f"[calibrate] {name}: {positive.sum()} positives are too few for sensitivity {target:.2f} at "
+                    f"{confidence:.0%} confidence; the threshold flags every positive of {where}"
+                )
+            t = bound
+            sens, spec = float((scores[positive] >= t).mean()), float((scores[~positive] < t).mean())
         flagged = scores >= t
 
         ci = clustered_rate_intervals(flagged, positive, groups)["sensitivity"]  # Wilson, counted in lesions
@@ -46,6 +73,7 @@ def choose_points(
             classes=members,
             threshold=t,
             target_sensitivity=target,
+            target_confidence=confidence,
             chosen_on=where,
             val_sensitivity=sens,
             val_sensitivity_ci=ci,
@@ -57,6 +85,29 @@ def choose_points(
     return points
 
 
+def whole_flag(probs: np.ndarray, y: np.ndarray, classes: list[str], groups, points: dict) -> dict | None:
+    """The flag as deployed (any point fires) on these rows, against any malignant lesion: sensitivity, specificity
+    and referrals per 1,000, each with its Wilson interval counted in lesions."""
+    from skinscan.data.taxonomy import MALIGNANT
+
+    if not points:
+        return None
+    rule = cal.FlagRule({n: (tuple(p.classes), p.threshold) for n, p in points.items()}, "card")
+    flagged = rule.apply(probs, classes)[0]
+    positive = np.isin(np.array(classes)[y], sorted(MALIGNANT))
+    if not positive.any() or positive.all():
+        return None
+    rates = {k: v for k, v in screening_rates(flagged, positive).items() if k in ("sensitivity", "specificity")}
+    ci = clustered_rate_intervals(flagged, positive, groups)
+    return {
+        "rule": rule.describe(),
+        "positives": "any malignant lesion (MEL, BCC, SCC, AK)",
+        **{k: round(float(v), 4) for k, v in rates.items()},
+        "referrals_per_1000": round(float(1000 * flagged.mean()), 1),
+        **{f"{k}_ci": ci[k] for k in ("sensitivity", "specificity", "referrals_per_1000")},
+    }
+
+
 def fit(
     bundle: Path,
     df: pd.DataFrame,
@@ -65,9 +116,10 @@ def fit(
     where: str,
     reps: int = 1000,
     prior: str = "bias",
+    confidence: float | None = None,
 ) -> ModelCard:
     """Fit the temperature (and, with `prior="bias"`, the class offsets) on (logits, labels of df), choose the
-    operating points on the calibrated probabilities, store both in the card."""
+    operating points on the calibrated probabilities, store both in the card with the whole flag's figures."""
     classes = read_card(bundle).class_names
     y = df["label"].map(classes.index).to_numpy()
     t_only = cal.fit_temperature(logits, y)
@@ -75,6 +127,8 @@ def fit(
     before, after = cal.softmax(logits), cal.softmax(logits, t, bias)
     by_temperature = score_calibration(cal.softmax(logits, t_only), y, classes)
     corrected = score_calibration(after, y, classes) if bias is not None else by_temperature
+    groups = lesion_groups(df)
+    points = choose_points(after, y, classes, groups, targets, where, reps, confidence)
     calibration = Calibration(
         temperature=t,
         class_bias=None if bias is None else [round(float(b), 6) for b in bias],
@@ -91,8 +145,8 @@ def fit(
         },
         shift_reference=shift_reference(df, after, y, classes),
         val_prior={c: round(float((y == i).mean()), 6) for i, c in enumerate(classes)},
+        flag_on_validation=whole_flag(after, y, classes, groups, points),
     )
-    points = choose_points(after, y, classes, lesion_groups(df), targets, where, reps)
     card = record_calibration(bundle, calibration, points)
     c = calibration
     offsets = "" if bias is None else ", class offsets " + " ".join(f"{k} {b:+.2f}" for k, b in zip(classes, bias))
@@ -108,10 +162,18 @@ def fit(
             f"(observed {b['after']['observed_rate']:.3f})"
         )
     for name, p in points.items():
+        how = f", {p.target_confidence:.0%} lower bound" if p.target_confidence else ""
         print(
             f"[calibrate] {name}: P({'+'.join(p.classes)}) >= {p.threshold:.4f} gives sensitivity "
-            f"{p.val_sensitivity:.3f} (target {p.target_sensitivity:.2f}), specificity {p.val_specificity:.3f}, "
+            f"{p.val_sensitivity:.3f} (target {p.target_sensitivity:.2f}{how}), specificity {p.val_specificity:.3f}, "
             f"{p.val_referrals_per_1000:.0f} referrals per 1,000 on {where}"
+        )
+    f = c.flag_on_validation
+    if f:
+        print(
+            f"[calibrate] the flag as deployed (either point): sensitivity {f['sensitivity']:.3f} "
+            f"({f['sensitivity_ci'][0]:.3f}-{f['sensitivity_ci'][1]:.3f}) for any malignant lesion, specificity "
+            f"{f['specificity']:.3f}, {f['referrals_per_1000']:.0f} referrals per 1,000 on {where}"
         )
     return card
 
@@ -139,12 +201,13 @@ def calibrate_frame(
     where: str,
     reps: int = 1000,
     prior: str = "bias",
+    confidence: float | None = None,
 ) -> ModelCard:
     """Predict the labelled rows of `df` with `backend` and `fit` on those that decode."""
     from skinscan.evaluation.classifier import predict_frame
 
     df, logits, _ = predict_frame(bundle, df, backend, progress=False)
-    return fit(bundle, df, logits, targets, where, reps, prior)
+    return fit(bundle, df, logits, targets, where, reps, prior, confidence)
 
 
 def run(cfg: CalibrateConfig) -> ModelCard:
@@ -184,4 +247,7 @@ def run(cfg: CalibrateConfig) -> ModelCard:
 
         ensure_onnx(bundle)
     where = f"{Path(data).name} split {cfg.split}" if cfg.split else Path(data).name
-    return calibrate_frame(bundle, df, cfg.backend, cfg.flag.target_sensitivity, where, cfg.bootstrap, cfg.prior)
+    flag = cfg.flag
+    return calibrate_frame(
+        bundle, df, cfg.backend, flag.target_sensitivity, where, cfg.bootstrap, cfg.prior, flag.confidence
+    )

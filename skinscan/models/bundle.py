@@ -81,6 +81,7 @@ class Calibration(_Open):
     binary: dict | None = None
     shift_reference: dict | None = None  # the validation split's deciles of the flag scores and image statistics
     val_prior: dict[str, float] | None = None  # class frequencies of that set (EM's start: `evaluation.priors`)
+    flag_on_validation: dict | None = None  # the whole flag (any point fires) on that set, with Wilson intervals
     fitted_on: str
     n: int
     nll_before: float
@@ -96,6 +97,7 @@ class OperatingPoint(_Open):
     classes: list[str]
     threshold: float
     target_sensitivity: float
+    target_confidence: float | None = None  # None: validation sensitivity >= target; else its lower bound at this
     chosen_on: str
     val_sensitivity: float
     val_sensitivity_ci: list[float] | None = None

@@ -574,6 +574,7 @@ def flag_summary(cfg: ScreenConfig) -> dict:
                     "classes",
                     "threshold",
                     "target_sensitivity",
+                    "target_confidence",
                     "chosen_on",
                     "val_sensitivity",
                     "val_sensitivity_ci",
@@ -583,7 +584,14 @@ def flag_summary(cfg: ScreenConfig) -> dict:
             )
             for n, p in card.operating_points.items()
         }
-    return {"rule": rule.describe(), "source": rule.source, "temperature": card.temperature, "points": points}
+    whole = card.calibration.flag_on_validation if rule.source == "card" and card.calibration else None
+    return {
+        "rule": rule.describe(),
+        "source": rule.source,
+        "temperature": card.temperature,
+        "points": points,
+        "whole_flag_on_validation": whole,
+    }
 
 
 def print_summary(s: dict) -> None:

@@ -148,9 +148,18 @@ def _operating_point(flag: dict, rule: str, s: dict) -> str:
         what = "melanoma" if name == "MEL" else "any malignant lesion" if name == "malignant" else name
         lines.append(
             f"<li><b>{html.escape(what)}</b>: P({'+'.join(p['classes'])}) &ge; {p['threshold']:.3f}, chosen for "
-            f"sensitivity {p['target_sensitivity']:.2f} on {html.escape(str(p['chosen_on']))}: sensitivity "
+            f"sensitivity {p['target_sensitivity']:.2f}"
+            + (f" at {p['target_confidence']:.0%} confidence" if p.get("target_confidence") else "")
+            + f" on {html.escape(str(p['chosen_on']))}: sensitivity "
             f"<b>{p['val_sensitivity']:.2f}</b>{ci_s}, specificity {p['val_specificity']:.2f}, "
             f"{p['val_referrals_per_1000']:.0f} referrals per 1,000 there</li>"
+        )
+    w = flag.get("whole_flag_on_validation")
+    if w:
+        lines.append(
+            f"<li><b>the flag as deployed</b> (any point): sensitivity <b>{w['sensitivity']:.2f}</b> (95% CI "
+            f"{w['sensitivity_ci'][0]:.2f}-{w['sensitivity_ci'][1]:.2f}) for any malignant lesion, specificity "
+            f"{w['specificity']:.2f}, {w['referrals_per_1000']:.0f} referrals per 1,000 there</li>"
         )
     return (
         f"<p>Images are flagged when any operating point of the model card fires. {here} Expected (on the "

@@ -251,7 +251,8 @@ def calibrate_on_validation(bundle: Path, df: pd.DataFrame, cfg: TrainConfig) ->
     if val.empty:
         print("[train] no validation split: no calibration or operating points (see skinscan calibrate)")
         return
-    calibrate_frame(bundle, val, "torch", cfg.flag.target_sensitivity, "validation split")
+    flag = cfg.flag
+    calibrate_frame(bundle, val, "torch", flag.target_sensitivity, "validation split", confidence=flag.confidence)
 
 
 def write_bundle(
