@@ -14,7 +14,10 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from skinscan.data.taxonomy import MALIGNANT
+from skinscan.evaluation.calibrate import choose_points
 from skinscan.evaluation.classifier import predict_frame
+from skinscan.evaluation.metrics import screening_rates
+from skinscan.evaluation.operating import rule_decisions
 from skinscan.evaluation.priors import em_priors, reweight
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import read_card
@@ -39,11 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
         return df, logits, df["label"].map(classes.index).to_numpy()
 
     def rates(flag, pos):
-        return {
-            "sensitivity": float(flag[pos].mean()),
-            "specificity": float((~flag[~pos]).mean()),
-            "referrals_per_1000": float(1000 * flag.mean()),
-        }
+        return {k: float(v) for k, v in screening_rates(flag, pos).items() if k != "ppv"}
 
     val_df, val_logits, val_y = frame(a.held_out)
     tr_df, tr_logits, tr_y = frame(a.pool)
@@ -87,25 +86,17 @@ def main(argv: list[str] | None = None) -> dict:
             y_l = tr_y[pick]
             if not (y_l == m).any():
                 continue
-            t, b = cal.fit_temperature_and_bias(tr_logits[pick], y_l)
-            pl = cal.softmax(tr_logits[pick], t, b)
-            points = {}
-            for name, target in targets.items():
-                members = [c for c in cal.RULE_MEMBERS[name] if c in classes]
-                pos = np.isin(np.array(classes)[y_l], members)
-                if pos.any() and (~pos).any():
-                    thr = cal.threshold_for_sensitivity(cal.rule_scores(pl, classes, members), pos, target)[0]
-                    points[name] = (tuple(members), thr)
-            r = cal.FlagRule(points, "clinic")
-            pr = cal.softmax(all_logits[rest], t, b)
-            f = r.apply(pr, classes)[0]
-            pos = mal[all_y[rest]]
-            mel_pt = cal.rule_scores(pr, classes, ["MEL"]) >= points["MEL"][1] if "MEL" in points else None
-            sens.append(f[pos].mean())
-            spec.append((~f[~pos]).mean())
-            refs.append(1000 * f.mean())
-            if mel_pt is not None:
-                mel_sens.append(mel_pt[all_y[rest] == m].mean())
+            t, b = cal.fit_temperature_and_bias(tr_logits[pick], y_l)  # what calibrate --data fits on the draw
+            labelled = cal.softmax(tr_logits[pick], t, b)
+            points = choose_points(labelled, y_l, classes, pick.astype(str), targets, "the draw", reps=0)
+            decided = rule_decisions(cal.softmax(all_logits[rest], t, b), all_y[rest], classes, cal.points_rule(points))
+            r = rates(*decided["flag"])
+            sens.append(r["sensitivity"])
+            spec.append(r["specificity"])
+            refs.append(r["referrals_per_1000"])
+            if "MEL" in decided:
+                fired, melanoma = decided["MEL"]
+                mel_sens.append(fired[melanoma].mean())
         mel_sens = np.array(mel_sens)
         curve[n] = {
             "reps": len(sens),

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from skinscan.data.preprocess import load_image, normalize_batch
 from skinscan.data.taxonomy import MALIGNANT
-from skinscan.evaluation.metrics import balanced_accuracy
+from skinscan.evaluation.metrics import balanced_accuracy, screening_rates
 from skinscan.models import calibration as cal
 from skinscan.runtime import create_predictor
 
@@ -58,15 +58,15 @@ def main(argv: list[str] | None = None) -> dict:
         res = {"n": int(len(y)), "seconds_per_view": round(seconds["plain"], 1)}
         for combo in COMBOS:
             probs = np.mean([cal.card_probs(card, logits[v]) for v in combo], 0)
-            flag = rule.apply(probs, classes)[0]
+            rates = screening_rates(rule.apply(probs, classes)[0], malignant)
             res["+".join(combo)] = {
                 "compute_x": len(combo),
                 "auc_MEL": round(float(roc_auc_score(y == m, probs[:, m])), 4),
                 "balanced_accuracy": round(
                     balanced_accuracy(y, cal.decision_scores(probs, card.class_bias).argmax(1)), 4
                 ),
-                "flag_sensitivity": round(float(flag[malignant].mean()), 4),
-                "flag_specificity": round(float((~flag[~malignant]).mean()), 4),
+                "flag_sensitivity": round(float(rates["sensitivity"]), 4),
+                "flag_specificity": round(float(rates["specificity"]), 4),
             }
         out[name] = res
         print(name, json.dumps(res))

@@ -45,7 +45,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
     from skinscan.explain.overlay import overlay, save_png
     from skinscan.explain.registry import explain, get_method
     from skinscan.models.bundle import load_bundle
-    from skinscan.models.calibration import card_probs, decision_scores
+    from skinscan.models.calibration import card_probs
 
     if a.localization:
         from skinscan.config import DataConfig
@@ -78,8 +78,9 @@ def cmd_explain(a: argparse.Namespace) -> int:
             continue
         x = torch.from_numpy(normalize_batch(resize_square(im, size)[None], card.normalization))
         with torch.no_grad():
-            probs = card_probs(card, model(x).numpy())[0]
-        cls = names.index(a.cls) if a.cls else int(decision_scores(probs[None], card.class_bias).argmax())
+            logits = model(x).numpy()
+        probs = card_probs(card, logits)[0]
+        cls = names.index(a.cls) if a.cls else int(logits[0].argmax())  # the balanced decision (decision_scores)
         heat = explain(a.method, model, x, [cls], out_size=(size, size))[0]
         mask = None
         if seg is not None:

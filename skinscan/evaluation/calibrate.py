@@ -14,7 +14,7 @@ import pandas as pd
 from skinscan.config import CalibrateConfig
 from skinscan.errors import ConfigError, DataError
 from skinscan.evaluation.metrics import clustered_rate_intervals, expected_calibration_error, screening_rates
-from skinscan.evaluation.operating import lesion_groups, score_calibration
+from skinscan.evaluation.operating import lesion_groups, rule_decisions, score_calibration
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import Calibration, ModelCard, OperatingPoint, read_card, record_calibration
 
@@ -88,13 +88,10 @@ def choose_points(
 def whole_flag(probs: np.ndarray, y: np.ndarray, classes: list[str], groups, points: dict) -> dict | None:
     """The flag as deployed (any point fires) on these rows, against any malignant lesion: sensitivity, specificity
     and referrals per 1,000, each with its Wilson interval counted in lesions."""
-    from skinscan.data.taxonomy import MALIGNANT
-
     if not points:
         return None
-    rule = cal.FlagRule({n: (tuple(p.classes), p.threshold) for n, p in points.items()}, "card")
-    flagged = rule.apply(probs, classes)[0]
-    positive = np.isin(np.array(classes)[y], sorted(MALIGNANT))
+    rule = cal.points_rule(points)
+    flagged, positive = rule_decisions(probs, y, classes, rule)["flag"]
     if not positive.any() or positive.all():
         return None
     rates = {k: v for k, v in screening_rates(flagged, positive).items() if k in ("sensitivity", "specificity")}
@@ -123,7 +120,7 @@ def fit(
     classes = read_card(bundle).class_names
     y = df["label"].map(classes.index).to_numpy()
     t_only = cal.fit_temperature(logits, y)
-    t, bias = cal.fit_temperature_and_bias(logits, y) if prior == "bias" else (t_only, None)
+    t, bias = cal.fit_temperature_and_bias(logits, y, temperature=t_only) if prior == "bias" else (t_only, None)
     before, after = cal.softmax(logits), cal.softmax(logits, t, bias)
     by_temperature = score_calibration(cal.softmax(logits, t_only), y, classes)
     corrected = score_calibration(after, y, classes) if bias is not None else by_temperature

@@ -204,7 +204,7 @@ def evaluate(
     # the thresholded scores: uncalibrated, the card's temperature without its offsets, and as the card defines them
     flag_scores = {
         "uncalibrated": score_calibration(softmax(logits), y, classes),
-        "no offsets": score_calibration(softmax(logits, card.temperature), y, classes),
+        "no offsets": score_calibration(decide, y, classes),  # = softmax(logits / temperature)
         "card": score_calibration(probs, y, classes),
     }
     rule = card_rule(card)

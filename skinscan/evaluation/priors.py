@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def reweight(probs: np.ndarray, old_prior, new_prior) -> np.ndarray:
-    """Posteriors under `new_prior` from posteriors under `old_prior` (Bayes: p'(y|x) ∝ p(y|x) new(y) / old(y))."""
-    w = np.asarray(new_prior, np.float64) / np.maximum(np.asarray(old_prior, np.float64), 1e-12)
-    q = np.asarray(probs, np.float64) * w
-    return q / q.sum(1, keepdims=True)
+from skinscan.models.calibration import reweight
 
 
 def em_priors(probs: np.ndarray, val_prior, iters: int = 200, tol: float = 1e-7) -> np.ndarray:

@@ -46,8 +46,14 @@ def decision_scores(probs: np.ndarray, bias=None) -> np.ndarray:
     their argmax favours common classes; thresholds and reported probabilities use them, the predicted class not."""
     if bias is None:
         return probs
-    q = np.asarray(probs, np.float64) * np.exp(-np.asarray(bias, np.float64))
-    return (q / q.sum(1, keepdims=True)).astype(np.float32)
+    return reweight(probs, np.exp(bias), np.ones(len(bias))).astype(np.float32)
+
+
+def reweight(probs: np.ndarray, old_prior, new_prior) -> np.ndarray:
+    """Posteriors under `new_prior` from posteriors under `old_prior` (Bayes: p'(y|x) ∝ p(y|x) new(y) / old(y))."""
+    w = np.asarray(new_prior, np.float64) / np.maximum(np.asarray(old_prior, np.float64), 1e-12)
+    q = np.asarray(probs, np.float64) * w
+    return q / q.sum(1, keepdims=True)
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0, bias=None) -> float:
@@ -67,10 +73,13 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
-def fit_temperature_and_bias(logits: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[float, np.ndarray]:
+def fit_temperature_and_bias(
+    logits: np.ndarray, y: np.ndarray, l2: float = 1e-3, temperature: float | None = None
+) -> tuple[float, np.ndarray]:
     """(T, b): the temperature and per-class offsets (mean 0) minimising validation NLL of softmax(logits / T + b),
     with a small L2 penalty on b so a class absent from validation gets a finite offset. The offsets move P(class)
-    towards the validation split's class frequencies (the data's prior, not the oversampler's); argmax can change."""
+    towards the validation split's class frequencies (the data's prior, not the oversampler's); argmax can change.
+    `temperature`: the temperature-only fit, where the caller has it (the search starts there)."""
     from scipy.optimize import minimize
 
     k = np.asarray(logits).shape[1]
@@ -78,7 +87,7 @@ def fit_temperature_and_bias(logits: np.ndarray, y: np.ndarray, l2: float = 1e-3
     def loss(p: np.ndarray) -> float:
         return nll(logits, y, math.exp(p[0]), p[1:]) + l2 * float(np.sum(p[1:] ** 2))
 
-    start = np.concatenate([[math.log(fit_temperature(logits, y))], np.zeros(k)])
+    start = np.concatenate([[math.log(temperature or fit_temperature(logits, y))], np.zeros(k)])
     res = minimize(loss, start, method="L-BFGS-B", bounds=[(math.log(0.05), math.log(20))] + [(-10, 10)] * k)
     b = res.x[1:] - res.x[1:].mean()
     return float(math.exp(res.x[0])), b
@@ -141,10 +150,15 @@ def fixed_rule(classes: list[str], threshold: float, source: str) -> FlagRule:
     return FlagRule({c: ((c,), float(threshold)) for c in classes}, source)
 
 
+def points_rule(points: dict, source: str = "card") -> FlagRule:
+    """The rule of operating points (name -> an `OperatingPoint`: its classes and threshold)."""
+    return FlagRule({n: (tuple(p.classes), p.threshold) for n, p in points.items()}, source)
+
+
 def card_rule(card, fixed_classes: list[str] | None = None) -> FlagRule:
     """The bundle's operating points; without any, the version-one rule at 0.5 (said in the rule's source)."""
     if card.operating_points:
-        return FlagRule({n: (tuple(p.classes), p.threshold) for n, p in card.operating_points.items()}, "card")
+        return points_rule(card.operating_points)
     classes = fixed_classes or MALIGNANT_ORDERED
     return fixed_rule([c for c in classes if c in card.class_names] or classes, 0.5, "default 0.5: no card points")
 

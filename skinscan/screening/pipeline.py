@@ -608,6 +608,7 @@ def print_summary(s: dict) -> None:
     print(f"[screen] per class {s['per_class']}; flagged {s['flagged']} by {s.get('flag', {}).get('rule', '?')}")
     if s.get("shift"):
         from skinscan.evaluation.shift import describe
+        from skinscan.screening.shiftcheck import describe_expected
 
         print(
             f"[screen] {'WARNING: ' if s['shift'].get('shifted') else ''}archive vs validation: {describe(s['shift'])}"
@@ -616,11 +617,7 @@ def print_summary(s: dict) -> None:
         if e and e.get("withheld"):
             print(f"[screen] rates per 1,000 not estimated without labels: {e['withheld']}")
         elif e:
-            print(
-                f"[screen] expected without labels (EM): melanoma {e['MEL']:.0f} and any malignant lesion "
-                f"{e['malignant']:.0f} per 1,000 (validation {e['validation']['MEL']:.0f} and "
-                f"{e['validation']['malignant']:.0f})"
-            )
+            print(f"[screen] {describe_expected(e)}")
     if s.get("metadata_used"):
         print(
             f"[screen] {s['metadata_used']} of {s['ok']} images classified with their age/sex/site; the rest image-only"

@@ -111,18 +111,14 @@ def _gallery_item(row: dict) -> str:
 def _shift(result: dict | None) -> str:
     """Whether this archive looks like the validation split the operating point was chosen on."""
     from skinscan.evaluation.shift import describe
+    from skinscan.screening.shiftcheck import describe_expected
 
     if not result or not result.get("psi"):
         return f"<p class=muted id=shift>{html.escape(describe(result)).capitalize()}.</p>"
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f}</td></tr>" for k, v in result["psi"].items())
     head = "<p class=warn id=shift><b>Warning:</b> " if result["shifted"] else "<p id=shift>Archive vs validation: "
-    e = result.get("expected_per_1000")
-    expected = (
-        f" Expected without labels (EM): melanoma {e['MEL']:.0f} and any malignant lesion {e['malignant']:.0f} per "
-        f"1,000 (validation {e['validation']['MEL']:.0f} and {e['validation']['malignant']:.0f})."
-        if e and not e.get("withheld")
-        else ""
-    )
+    sentence = describe_expected(result.get("expected_per_1000"))
+    expected = f" {sentence[0].upper()}{sentence[1:]}." if sentence else ""
     return (
         f"{head}{html.escape(describe(result))}.{expected}</p><details><summary>Population stability index per "
         f"feature ({result['rows_compared']} rows sampled; scores after re-mixing validation to the estimated case "

@@ -60,3 +60,13 @@ def expected_prevalence(card, cols: dict[str, np.ndarray]) -> dict | None:
         "method": "EM on the card's posteriors (Saerens et al. 2002), no labels; assumes the images are alike",
         "prior": {c: float(p) for c, p in zip(classes, est)},
     }
+
+
+def describe_expected(e: dict | None) -> str | None:
+    """EM's rates as one sentence (the summary and the report), or None where there are none to give."""
+    if not e or e.get("withheld"):
+        return None
+    return (
+        f"expected without labels (EM): melanoma {e['MEL']:.0f} and any malignant lesion {e['malignant']:.0f} per "
+        f"1,000 (validation {e['validation']['MEL']:.0f} and {e['validation']['malignant']:.0f})"
+    )

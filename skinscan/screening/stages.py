@@ -26,7 +26,7 @@ from skinscan.data.taxonomy import ISIC2019_CLASSES
 from skinscan.errors import ImageDecodeError
 from skinscan.evaluation.shift import IMAGE_STATS, image_stats
 from skinscan.explain.encode import encode_map
-from skinscan.models.calibration import card_probs, decision_scores, screening_rule
+from skinscan.models.calibration import card_probs, screening_rule
 from skinscan.screening.schema import PROB_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 
@@ -369,7 +369,7 @@ class ClassifyStage:
                 used[ok] = known(meta)
             out = self.predictor.predict(x, meta)
             probs = card_probs(self.card, out.logits)
-            top = decision_scores(probs, self.card.class_bias).argmax(1)  # a balanced decision; probs keep the prior
+            top = out.logits.argmax(1)  # the balanced decision (`decision_scores`): the offsets only move the prior
             for k, c in enumerate(self.classes):
                 if c in ISIC2019_CLASSES:
                     probs_all[ok, ISIC2019_CLASSES.index(c)] = probs[:, k]
