@@ -68,3 +68,28 @@ def test_channel_gain_changes_white_balance_and_leaves_masks_alone():
     assert torch.equal(m, mask)
     names = [type(t).__name__ for t in train_transform(64, AugmentConfig(channel_gain=0.2, hue=0.1)).transforms]
     assert "RandomChannelGain" in names and "ColorJitter" in names
+
+
+def test_training_applies_constancy_to_the_whole_image_before_augmentation(tmp_path):
+    """The illuminant is estimated from the whole decoded image, as at inference, not from a random crop after
+    colour jitter: an augmentation's colour change reaches the model instead of being undone."""
+    import torch
+
+    from skinscan.data.dataset import ImageDataset
+    from skinscan.data.preprocess import colour_constant
+
+    norm = Normalization(mean=IMAGENET.mean, std=IMAGENET.std, colour_constancy_p=6)
+    rng = np.random.default_rng(2)
+    img = np.clip(rng.normal(120, 40, (64, 64, 3)) * [1.3, 1.0, 0.7], 0, 255).astype(np.uint8)
+    path = tmp_path / "lesion.png"
+    Image.fromarray(img).save(path)
+    seen = []
+
+    def warm_cast(x):  # an augmentation that changes white balance: it must survive to the model's input
+        seen.append(x.as_subclass(torch.Tensor).permute(1, 2, 0).numpy().copy())
+        return (x.float() * torch.tensor([1.0, 1.0, 0.5])[:, None, None]).to(torch.uint8)
+
+    x = ImageDataset([str(path)], [0], 64, warm_cast, cache=False, norm=norm)[0][0].numpy()
+    assert np.array_equal(seen[0], colour_constant(load_image(str(path), 64), norm))  # constancy came first
+    blue = x[2] * IMAGENET.std[2] + IMAGENET.mean[2]
+    assert abs(blue.mean() * 255 - seen[0][..., 2].mean() * 0.5) < 1  # and was not applied again after the cast

@@ -7,7 +7,7 @@ import torch
 from torchvision import tv_tensors
 
 from skinscan.data.masks import read_mask
-from skinscan.data.preprocess import IMAGENET, Normalization, load_image
+from skinscan.data.preprocess import IMAGENET, Normalization, colour_constant, load_image
 from skinscan.data.transforms import to_model_input
 
 
@@ -17,7 +17,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     Images are decoded at `load_size` (JPEG draft mode) on first use and cached, so later epochs only
     augment; the cache holds at most `cache_limit_mb` (per process: each DataLoader worker has its own).
-    `transform` (torchvision v2) runs on uint8 tensors before normalisation.
+    `transform` (torchvision v2) runs on uint8 tensors after the card's colour constancy (on the whole decoded
+    image, as at inference) and before normalisation.
     """
 
     def __init__(
@@ -60,7 +61,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def image(self, i: int) -> np.ndarray:
         if i in self._img:
             return self._img[i]
-        arr = load_image(self.uris[i], self.load_size)
+        # colour constancy on the whole decoded image, before any crop or colour augmentation: what inference does
+        arr = colour_constant(load_image(self.uris[i], self.load_size), self.norm)
         if self._keep(arr):
             self._img[i] = arr
         return arr

@@ -46,6 +46,14 @@ PREPROCESSING = (
 )
 
 
+def colour_constant(img_u8: np.ndarray, norm: Normalization | None) -> np.ndarray:
+    """The card's colour constancy on one whole decoded image (HWC uint8), or the image unchanged: applied before
+    any crop or augmentation, in training as at inference, so both estimate the illuminant from the same pixels."""
+    if norm is None or norm.colour_constancy_p is None:
+        return img_u8
+    return shades_of_gray(img_u8, norm.colour_constancy_p)
+
+
 def load_image(uri: str, size: int) -> np.ndarray:
     """One image as size x size x 3 uint8 (JPEGs decoded at reduced scale when that is enough)."""
     return resize_square(read_image(uri, draft_size=size), size)
@@ -56,7 +64,7 @@ def normalize_batch(batch_u8: np.ndarray, norm: Normalization | None = None) -> 
     backend expects."""
     norm = norm or IMAGENET
     if norm.colour_constancy_p is not None:
-        batch_u8 = np.stack([shades_of_gray(im, norm.colour_constancy_p) for im in batch_u8])
+        batch_u8 = np.stack([colour_constant(im, norm) for im in batch_u8])
     x = np.asarray(batch_u8, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
     m = np.asarray(norm.mean, np.float32)[None, :, None, None]
     s = np.asarray(norm.std, np.float32)[None, :, None, None]

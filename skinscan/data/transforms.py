@@ -7,7 +7,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from skinscan.config import AugmentConfig
-from skinscan.data.preprocess import IMAGENET, Normalization, shades_of_gray
+from skinscan.data.preprocess import IMAGENET, Normalization
 
 
 class RandomChannelGain(v2.Transform):
@@ -49,10 +49,8 @@ def train_transform(img_size: int, aug: AugmentConfig) -> v2.Compose:
 
 
 def to_model_input(img_u8_chw: torch.Tensor, norm: Normalization = IMAGENET) -> torch.Tensor:
-    """CHW uint8 tensor -> normalised float tensor (the torch twin of `preprocess.normalize_batch`; colour
-    constancy through the same numpy function, so training sees the bytes screening sees)."""
-    if norm.colour_constancy_p is not None:
-        hwc = shades_of_gray(img_u8_chw.permute(1, 2, 0).numpy(), norm.colour_constancy_p)
-        img_u8_chw = torch.from_numpy(hwc).permute(2, 0, 1)
+    """CHW uint8 tensor, already colour-constant (`preprocess.colour_constant`, applied by `ImageDataset` to the
+    whole decoded image before augmentation) -> normalised float tensor: the torch twin of the last step of
+    `preprocess.normalize_batch`."""
     x = img_u8_chw.float() / 255.0
     return v2.functional.normalize(x, list(norm.mean), list(norm.std))
