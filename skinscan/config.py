@@ -89,6 +89,9 @@ class FlagTargets(Section):
     # None: the point estimate on validation reaches the target (about half the time the true sensitivity is lower);
     # e.g. 0.95: the one-sided lower 95% bound does (Wilson, counted in lesions), at some specificity
     confidence: float | None = Field(None, gt=0.5, lt=1)
+    # "joint": two points chosen together, so that the flag as deployed (either fires) reaches each target on that
+    # point's positives with the fewest negatives flagged; "alone": each point reaches its target by itself
+    choice: Literal["joint", "alone"] = "joint"
 
     @field_validator("target_sensitivity")
     @classmethod

@@ -170,8 +170,8 @@ def test_calibrate_fits_temperature_and_points_on_validation_only(overconfident_
     assert card.calibration.temperature > 1.5  # over-confident: it softens
     assert card.calibration.nll_after < card.calibration.nll_before
     assert set(card.operating_points) == {"MEL", "malignant"}
-    for p in card.operating_points.values():
-        assert p.val_sensitivity >= p.target_sensitivity and p.chosen_on.endswith("split val")
+    for p in card.operating_points.values():  # chosen jointly: the flag as deployed reaches each target
+        assert p.val_flag_sensitivity >= p.target_sensitivity and p.chosen_on.endswith("split val")
     # shuffled test labels (and test images' metadata) change nothing: the points come from validation alone
     df = pd.read_parquet(manifest)
     test = df["split"] == "test"
@@ -430,3 +430,38 @@ def test_thresholds_at_a_confidence_hold_the_target_by_their_lower_bound_and_the
         and whole["sensitivity"] >= card.operating_points["malignant"].val_sensitivity - 1e-9  # an OR adds flags
     )
     assert len(whole["sensitivity_ci"]) == 2 and whole["referrals_per_1000"] > 0
+
+
+def test_two_points_chosen_jointly_reach_each_target_as_deployed_and_flag_fewest_negatives():
+    """The flag fires when either point does, so the malignant point's flags cover some melanomas: chosen together,
+    the pair reaches each target on that point's positives as deployed and flags no more negatives than the two
+    chosen alone, and no pair of candidate thresholds reaching both targets flags fewer (brute force)."""
+    from skinscan.evaluation.calibrate import choose_points
+
+    rng = np.random.default_rng(3)
+    classes = ["MEL", "NV", "BCC"]
+    n = 240
+    y = rng.choice(3, n, p=[0.2, 0.6, 0.2])
+    logits = rng.normal(0, 1, (n, 3)) + 1.2 * np.eye(3)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    groups = np.arange(n).astype(str)
+    targets = {"MEL": 0.9, "malignant": 0.9}
+    alone = choose_points(probs, y, classes, groups, targets, "val", choice="alone")
+    joint = choose_points(probs, y, classes, groups, targets, "val")
+    mel, mal = probs[:, 0], probs[:, 0] + probs[:, 2]
+    pos = {"MEL": y == 0, "malignant": y != 1}
+
+    def flag(points):
+        return (mel >= points["MEL"].threshold) | (mal >= points["malignant"].threshold)
+
+    assert {p.chosen for p in joint.values()} == {"joint"} and {p.chosen for p in alone.values()} == {"alone"}
+    for name in targets:
+        assert flag(joint)[pos[name]].mean() >= 0.9 and joint[name].val_flag_sensitivity >= 0.9
+    assert flag(joint)[y == 1].sum() < flag(alone)[y == 1].sum()  # strictly fewer negatives flagged here
+    best = min(
+        int(((mel >= a) | (mal >= b))[y == 1].sum())
+        for a in np.unique(mel[y != 1])
+        for b in np.unique(mal[y != 1])
+        if all(((mel >= a) | (mal >= b))[pos[k]].mean() >= 0.9 for k in targets)
+    )
+    assert flag(joint)[y == 1].sum() == best

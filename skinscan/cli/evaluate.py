@@ -46,6 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="choose thresholds so that the target holds at this confidence (e.g. 0.95: the lower bound reaches it)",
     )
+    c.add_argument(
+        "--choice",
+        default="joint",
+        choices=["joint", "alone"],
+        help="two points chosen together for the flag as deployed, fewest negatives flagged (default), or each "
+        "reaching its target by itself",
+    )
     c.set_defaults(func=cmd_calibrate)
 
 
@@ -83,5 +90,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         cfg["flag"] = {"target_sensitivity": targets}
     if a.confidence is not None:
         cfg.setdefault("flag", {})["confidence"] = a.confidence
+    cfg.setdefault("flag", {})["choice"] = a.choice
     run(validate(CalibrateConfig, cfg))
     return 0

@@ -13,10 +13,24 @@ import pandas as pd
 
 from skinscan.config import CalibrateConfig
 from skinscan.errors import ConfigError, DataError
-from skinscan.evaluation.metrics import clustered_rate_intervals, expected_calibration_error, screening_rates
+from skinscan.evaluation.metrics import (
+    clustered_rate_intervals,
+    expected_calibration_error,
+    screening_rates,
+    wilson_interval,
+)
 from skinscan.evaluation.operating import lesion_groups, rule_decisions, score_calibration
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import Calibration, ModelCard, OperatingPoint, read_card, record_calibration
+
+
+def _reaches(target: float, confidence: float | None, lesions: int):
+    """Whether a sensitivity on positives from `lesions` lesions meets `target`: the point estimate (`confidence`
+    None), or its one-sided lower `confidence` bound (Wilson, counted in lesions, as `clustered_rate_intervals`)."""
+    if confidence is None:
+        return lambda sens: sens >= target - 1e-12
+    level = 2 * confidence - 1  # a two-sided interval at this level has the one-sided bound below
+    return lambda sens: (wilson_interval(sens * lesions, lesions, level) or [0.0])[0] >= target
 
 
 def threshold_at_confidence(
@@ -25,12 +39,41 @@ def threshold_at_confidence(
     """The highest threshold (at or below `start`, the point estimate's) whose sensitivity has a one-sided lower
     `confidence` bound (Wilson, counted in lesions) at or above `target`; None when flagging every positive does not
     reach it (too few lesions for that confidence)."""
-    level = 2 * confidence - 1  # a two-sided interval at this level has the one-sided bound below
+    reaches = _reaches(target, confidence, len(np.unique(np.asarray(groups, str)[positive])))
     for t in np.unique(scores[positive & (scores <= start)])[::-1]:
-        low = clustered_rate_intervals(scores >= t, positive, groups, level)["sensitivity"]
-        if low and low[0] >= target:
+        if reaches(float((scores[positive] >= t).mean())):
             return float(t)
     return None
+
+
+def joint_thresholds(
+    scores: list[np.ndarray], positives: list[np.ndarray], reaches: list, negative: np.ndarray
+) -> tuple[float, float] | None:
+    """Two thresholds chosen together for the flag as deployed (either point fires): of the pairs at which the flag
+    reaches each point's target on that point's positives, the one that flags the fewest `negative` rows (then the
+    fewest rows). Candidates are the scores of positives (a threshold between two of them only costs specificity);
+    for each first threshold the highest second one that still reaches both targets is found by bisection (raising
+    a threshold never adds a flag). None when no pair reaches both."""
+    (sa, sb), anypos = scores, np.logical_or.reduce(positives)
+    ca, cb = np.unique(sa[anypos]), np.unique(sb[anypos])
+
+    def ok(flag: np.ndarray) -> bool:
+        return all(r(float(flag[p].mean())) for r, p in zip(reaches, positives))
+
+    best = None
+    for ta in ca:
+        fa = sa >= ta
+        if not ok(fa | (sb >= cb[0])):
+            continue
+        lo, hi = 0, len(cb) - 1
+        while lo < hi:  # the highest second threshold that still reaches both targets
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if ok(fa | (sb >= cb[mid])) else (lo, mid - 1)
+        flag = fa | (sb >= cb[lo])
+        key = (int(flag[negative].sum()), int(flag.sum()))
+        if best is None or key < best[0]:
+            best = (key, float(ta), float(cb[lo]))
+    return None if best is None else (best[1], best[2])
 
 
 def choose_points(
@@ -42,12 +85,17 @@ def choose_points(
     where: str,
     reps: int = 1000,
     confidence: float | None = None,
+    choice: str = "joint",
 ) -> dict[str, OperatingPoint]:
-    """For each target, the most specific threshold that reaches it on these (validation) rows: its point estimate
-    (`confidence` None), or the lower bound of its `confidence` interval, so that the target holds at that confidence
-    and not only about half the time."""
+    """Thresholds for the targets on these (validation) rows, each reaching its target as a point estimate
+    (`confidence` None) or at the lower bound of its `confidence` interval, so that the target holds at that
+    confidence and not only about half the time. `choice="alone"`: each point the most specific that reaches its
+    target by itself; "joint" (two points): the pair at which the flag as deployed (either fires) reaches each target
+    on that point's positives with the fewest negatives flagged (a point may then miss its target alone: the other
+    point's flags cover its positives)."""
     truth = np.array(classes)[y]
-    points = {}
+    groups = np.asarray(groups, dtype=str)
+    found: dict[str, tuple] = {}  # name -> (members, scores, positive, threshold chosen alone)
     for name, target in targets.items():
         members = [c for c in cal.RULE_MEMBERS[name] if c in classes]
         positive = np.isin(truth, members)
@@ -55,7 +103,7 @@ def choose_points(
             print(f"[calibrate] {name}: no positives and negatives in {where}; no operating point")
             continue
         scores = cal.rule_scores(probs, classes, members)
-        t, sens, spec = cal.threshold_for_sensitivity(scores, positive, target)
+        t = cal.threshold_for_sensitivity(scores, positive, target)[0]
         if confidence is not None:
             bound = threshold_at_confidence(scores, positive, groups, target, confidence, t)
             if bound is None:
@@ -65,19 +113,34 @@ def choose_points(
                     f"{confidence:.0%} confidence; the threshold flags every positive of {where}"
                 )
             t = bound
-            sens, spec = float((scores[positive] >= t).mean()), float((scores[~positive] < t).mean())
+        found[name] = (members, scores, positive, t)
+    thresholds, chosen = {n: f[3] for n, f in found.items()}, "alone"
+    if choice == "joint" and len(found) == 2:
+        pair = joint_thresholds(
+            [f[1] for f in found.values()],
+            [f[2] for f in found.values()],
+            [_reaches(targets[n], confidence, len(np.unique(groups[f[2]]))) for n, f in found.items()],
+            ~np.logical_or.reduce([f[2] for f in found.values()]),
+        )
+        if pair is not None:
+            thresholds, chosen = dict(zip(found, pair)), "joint"
+    flag = np.logical_or.reduce([f[1] >= thresholds[n] for n, f in found.items()]) if found else None
+    points = {}
+    for name, (members, scores, positive, _) in found.items():
+        t = thresholds[name]
         flagged = scores >= t
-
         ci = clustered_rate_intervals(flagged, positive, groups)["sensitivity"]  # Wilson, counted in lesions
         points[name] = OperatingPoint(
             classes=members,
             threshold=t,
-            target_sensitivity=target,
+            target_sensitivity=targets[name],
             target_confidence=confidence,
             chosen_on=where,
-            val_sensitivity=sens,
+            chosen=chosen,
+            val_sensitivity=float(flagged[positive].mean()),
             val_sensitivity_ci=ci,
-            val_specificity=spec,
+            val_flag_sensitivity=float(flag[positive].mean()),
+            val_specificity=float((~flagged[~positive]).mean()),
             val_positives=int(positive.sum()),
             val_negatives=int((~positive).sum()),
             val_referrals_per_1000=float(1000 * flagged.mean()),
@@ -114,6 +177,7 @@ def fit(
     reps: int = 1000,
     prior: str = "bias",
     confidence: float | None = None,
+    choice: str = "joint",
 ) -> ModelCard:
     """Fit the temperature (and, with `prior="bias"`, the class offsets) on (logits, labels of df), choose the
     operating points on the calibrated probabilities, store both in the card with the whole flag's figures."""
@@ -125,7 +189,7 @@ def fit(
     by_temperature = score_calibration(cal.softmax(logits, t_only), y, classes)
     corrected = score_calibration(after, y, classes) if bias is not None else by_temperature
     groups = lesion_groups(df)
-    points = choose_points(after, y, classes, groups, targets, where, reps, confidence)
+    points = choose_points(after, y, classes, groups, targets, where, reps, confidence, choice)
     calibration = Calibration(
         temperature=t,
         class_bias=None if bias is None else [round(float(b), 6) for b in bias],
@@ -160,10 +224,11 @@ def fit(
         )
     for name, p in points.items():
         how = f", {p.target_confidence:.0%} lower bound" if p.target_confidence else ""
+        joint = f"; chosen jointly: the flag's sensitivity on {name} {p.val_flag_sensitivity:.3f}"
         print(
-            f"[calibrate] {name}: P({'+'.join(p.classes)}) >= {p.threshold:.4f} gives sensitivity "
+            f"[calibrate] {name}: P({'+'.join(p.classes)}) >= {p.threshold:.4f} alone gives sensitivity "
             f"{p.val_sensitivity:.3f} (target {p.target_sensitivity:.2f}{how}), specificity {p.val_specificity:.3f}, "
-            f"{p.val_referrals_per_1000:.0f} referrals per 1,000 on {where}"
+            f"{p.val_referrals_per_1000:.0f} referrals per 1,000 on {where}{joint if p.chosen == 'joint' else ''}"
         )
     f = c.flag_on_validation
     if f:
@@ -199,12 +264,13 @@ def calibrate_frame(
     reps: int = 1000,
     prior: str = "bias",
     confidence: float | None = None,
+    choice: str = "joint",
 ) -> ModelCard:
     """Predict the labelled rows of `df` with `backend` and `fit` on those that decode."""
     from skinscan.evaluation.classifier import predict_frame
 
     df, logits, _ = predict_frame(bundle, df, backend, progress=False)
-    return fit(bundle, df, logits, targets, where, reps, prior, confidence)
+    return fit(bundle, df, logits, targets, where, reps, prior, confidence, choice)
 
 
 def run(cfg: CalibrateConfig) -> ModelCard:
@@ -246,5 +312,5 @@ def run(cfg: CalibrateConfig) -> ModelCard:
     where = f"{Path(data).name} split {cfg.split}" if cfg.split else Path(data).name
     flag = cfg.flag
     return calibrate_frame(
-        bundle, df, cfg.backend, flag.target_sensitivity, where, cfg.bootstrap, cfg.prior, flag.confidence
+        bundle, df, cfg.backend, flag.target_sensitivity, where, cfg.bootstrap, cfg.prior, flag.confidence, flag.choice
     )

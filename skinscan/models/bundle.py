@@ -99,8 +99,12 @@ class OperatingPoint(_Open):
     target_sensitivity: float
     target_confidence: float | None = None  # None: validation sensitivity >= target; else its lower bound at this
     chosen_on: str
-    val_sensitivity: float
+    # "alone": the most specific threshold reaching the target by itself; "joint": chosen with the card's other point
+    # so that the flag as deployed (either fires) reaches each target on its positives (val_flag_sensitivity)
+    chosen: Literal["alone", "joint"] = "alone"
+    val_sensitivity: float  # this point alone
     val_sensitivity_ci: list[float] | None = None
+    val_flag_sensitivity: float | None = None  # the whole flag's, on this point's positives
     val_specificity: float
     val_positives: int
     val_negatives: int

@@ -20,7 +20,7 @@ from skinscan.ray_connect import connect, quiet_stderr, starts_local_ray
 from skinscan.screening import partindex
 from skinscan.screening.lease import OutputLease
 from skinscan.screening.output import check_and_record, check_writable, record_summary
-from skinscan.screening.writer import TRANSIENT_ERRORS, list_parts, write_batch
+from skinscan.screening.writer import TRANSIENT_ERRORS, list_parts, write_batch, write_dataset_metadata
 
 WRITE_CPUS = 0.25  # a write task converts and uploads one part: mostly I/O
 
@@ -543,6 +543,11 @@ def _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref) ->
         }
     )
     record_summary(cfg.output, summary)
+    if summary["shift"] is not None:
+        try:  # the verdict also goes into the Parquet dataset's own metadata, beside the parts it is about
+            write_dataset_metadata(cfg.output, {"shift": summary["shift"], "flag_rule": summary["flag"]["rule"]})
+        except Exception as err:  # noqa: BLE001 - never cost a run its summary
+            print(f"[screen] could not write results/_common_metadata: {err}", flush=True)
     if interrupted:
         raise KeyboardInterrupt(f"{written} rows written this run; rerun the same command to resume")
     return summary
@@ -576,8 +581,10 @@ def flag_summary(cfg: ScreenConfig) -> dict:
                     "target_sensitivity",
                     "target_confidence",
                     "chosen_on",
+                    "chosen",
                     "val_sensitivity",
                     "val_sensitivity_ci",
+                    "val_flag_sensitivity",
                     "val_specificity",
                     "val_referrals_per_1000",
                 }

@@ -142,13 +142,16 @@ def _operating_point(flag: dict, rule: str, s: dict) -> str:
         ci = p.get("val_sensitivity_ci")
         ci_s = f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
         what = "melanoma" if name == "MEL" else "any malignant lesion" if name == "malignant" else name
+        joint = p.get("chosen") == "joint"
         lines.append(
-            f"<li><b>{html.escape(what)}</b>: P({'+'.join(p['classes'])}) &ge; {p['threshold']:.3f}, chosen for "
-            f"sensitivity {p['target_sensitivity']:.2f}"
+            f"<li><b>{html.escape(what)}</b>: P({'+'.join(p['classes'])}) &ge; {p['threshold']:.3f}, chosen "
+            + ("with the other point so that the flag reaches " if joint else "for ")
+            + f"sensitivity {p['target_sensitivity']:.2f}"
             + (f" at {p['target_confidence']:.0%} confidence" if p.get("target_confidence") else "")
-            + f" on {html.escape(str(p['chosen_on']))}: sensitivity "
-            f"<b>{p['val_sensitivity']:.2f}</b>{ci_s}, specificity {p['val_specificity']:.2f}, "
-            f"{p['val_referrals_per_1000']:.0f} referrals per 1,000 there</li>"
+            + f" on {html.escape(str(p['chosen_on']))}"
+            + (f" (the flag's there: <b>{p['val_flag_sensitivity']:.2f}</b>); this point alone: " if joint else ": ")
+            + f"sensitivity {'' if joint else '<b>'}{p['val_sensitivity']:.2f}{'' if joint else '</b>'}{ci_s}, "
+            f"specificity {p['val_specificity']:.2f}, {p['val_referrals_per_1000']:.0f} referrals per 1,000 there</li>"
         )
     w = flag.get("whole_flag_on_validation")
     if w:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 
 import fsspec
 import numpy as np
@@ -40,6 +41,30 @@ def list_parts(output: str) -> list[str]:
     return sorted(
         p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
     )
+
+
+COMMON_METADATA = "_common_metadata"
+"""The Parquet dataset's own metadata file in results/ (schema and key-value metadata; readers that list a folder of
+Parquet skip names that start with "_"): what the run concluded about all its rows, which no part can say because
+every part is written before the conclusion exists."""
+
+
+def write_dataset_metadata(output: str, values: dict) -> str | None:
+    """Write results/_common_metadata: the newest part's schema with `values` (JSON, under "skinscan.<key>") as
+    key-value metadata. None where there is no part yet."""
+    parts = list_parts(output)
+    if not parts:
+        return None
+    fs, root = _fs(output)
+    with fs.open(parts[-1], "rb") as f:
+        schema = pq.read_schema(f)
+    meta = dict(schema.metadata or {}) | {f"skinscan.{k}".encode(): json.dumps(v).encode() for k, v in values.items()}
+    buf = io.BytesIO()
+    pq.write_metadata(schema.with_metadata(meta), buf)
+    path = f"{root}/{COMMON_METADATA}"
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path
 
 
 HEAVY_COLUMNS = ("mask_png", "heatmap_png", "thumbnail_jpeg")

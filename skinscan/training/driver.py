@@ -251,8 +251,9 @@ def calibrate_on_validation(bundle: Path, df: pd.DataFrame, cfg: TrainConfig) ->
     if val.empty:
         print("[train] no validation split: no calibration or operating points (see skinscan calibrate)")
         return
-    flag = cfg.flag
-    calibrate_frame(bundle, val, "torch", flag.target_sensitivity, "validation split", confidence=flag.confidence)
+    f = cfg.flag
+    where = "validation split"
+    calibrate_frame(bundle, val, "torch", f.target_sensitivity, where, confidence=f.confidence, choice=f.choice)
 
 
 def write_bundle(
