@@ -22,7 +22,7 @@ def test_demo_end_to_end(demo_checkout):
     rows = pd.read_parquet(art["screening results (Parquet)"])
     assert len(rows) == 120 and rows["uri"].is_unique and (rows["status"] == "ok").all()
     assert rows["mask_png"].notna().all()
-    import pyarrow.parquet as pq  # the run's shift verdict, in the Parquet dataset's own metadata (read_parquet skips it)
+    import pyarrow.parquet as pq  # the shift verdict, in the Parquet dataset's own metadata (read_parquet skips it)
 
     meta = pq.read_schema(art["screening results (Parquet)"] / "_common_metadata").metadata
     assert "shifted" in json.loads(meta[b"skinscan.shift"]) and json.loads(meta[b"skinscan.flag_rule"])

@@ -44,7 +44,7 @@ def external_manifest(work: Path) -> Path:
     ISIC_0012127 = ISIC_0012970): what no variant trained on."""
     import pandas as pd
 
-    from skinscan.data.splits import overlap_mask
+    from skinscan.data.splits import any_overlap
 
     out = work / "isic2017_val.csv"
     if not out.exists():
@@ -55,8 +55,7 @@ def external_manifest(work: Path) -> Path:
                       str(ISIC2017 / "metadata.csv"), "--name", "isic2017", "--where", f"source_split={part}",
                       "-o", str(parts[part]))  # fmt: skip
         val, train = pd.read_csv(parts["validation"]), pd.read_csv(parts["training"])
-        masks = overlap_mask(train, val)
-        seen = masks[0] | masks[1] | masks[2]
+        seen = any_overlap(train, val)
         n_seen = int(seen.sum())
         print(f"[paired] external set: {len(val) - n_seen} of {len(val)} images ({n_seen} also in training)")
         val[~seen].to_csv(out, index=False)

@@ -1,7 +1,7 @@
 """Manifests: one table of images from any supported source.
 
 Columns (see `MANIFEST_COLUMNS`): image_id, uri, label (ISIC 2019 class or null), lesion_id (or null),
-source, sha256 (of the file's bytes). Readers:
+source, sha256 (of the file's bytes), phash (a perceptual hash of its picture, `skinscan.data.phash`). Readers:
 
 - `read_isic2019`: the official ISIC 2019 training ground-truth CSV (+ optional metadata CSV for lesion_id)
 - `read_ham10000`: the official HAM10000_metadata.csv (+ optional ISIC 2019 ground truth for AK vs SCC)
@@ -23,9 +23,9 @@ import pandas as pd
 from skinscan.config import DataConfig
 from skinscan.data import storage
 from skinscan.data.taxonomy import HAM_DX_TO_ISIC, ISIC2019_CLASSES, ISIC2019_OUTPUT_COLUMNS, ham_dx_to_isic
-from skinscan.errors import DataError
+from skinscan.errors import DataError, ImageDecodeError
 
-MANIFEST_COLUMNS = ["image_id", "uri", "label", "lesion_id", "source", "sha256"]
+MANIFEST_COLUMNS = ["image_id", "uri", "label", "lesion_id", "source", "sha256", "phash"]
 METADATA_COLUMNS = ["age", "sex", "site"]
 """Optional patient metadata kept where the source has it (HAM10000 `localization`, ISIC `anatom_site_general` and
 `age_approx` are renamed): evaluation breaks figures down by them."""
@@ -51,15 +51,26 @@ def _require(df: pd.DataFrame, cols: list[str], uri: str, what: str) -> None:
         raise DataError(f"{uri}: not a {what} file, missing columns {missing}")
 
 
-def sha256_uris(uris: list[str], threads: int = 8) -> list[str]:
-    def one(u: str) -> str:
+def fingerprint_uris(uris: list[str], threads: int = 8) -> tuple[list[str], list[str]]:
+    """(sha256 of each file's bytes, perceptual hash of its picture), one read per file; "" where the file is
+    missing (sha256) or does not decode (phash: the image is refused later, where it is read for training)."""
+    from skinscan.data.imageio import decode_image
+    from skinscan.data.phash import SIDE, phash
+
+    def one(u: str) -> tuple[str, str]:
         try:
-            return hashlib.sha256(storage.read_bytes(u)).hexdigest()
+            data = storage.read_bytes(u)
         except FileNotFoundError:
-            return ""
+            return "", ""
+        try:
+            picture = phash(decode_image(data, u, draft_size=SIDE))
+        except ImageDecodeError:
+            picture = ""
+        return hashlib.sha256(data).hexdigest(), picture
 
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, uris))
+        found = list(pool.map(one, uris))
+    return [f[0] for f in found], [f[1] for f in found]
 
 
 def _image_index(root: str) -> dict[str, str]:
@@ -110,7 +121,7 @@ def _finish(df: pd.DataFrame, source: str, hash_bytes: bool) -> pd.DataFrame:
     for col in ("label", "lesion_id"):
         if col not in df:
             df[col] = None
-    df["sha256"] = sha256_uris(df["uri"].tolist()) if hash_bytes else ""
+    df["sha256"], df["phash"] = fingerprint_uris(df["uri"].tolist()) if hash_bytes else ("", "")
     df = df[MANIFEST_COLUMNS + [c for c in [*METADATA_COLUMNS, "source_split"] if c in df]].reset_index(drop=True)
     df = typed_metadata(missing_as_none(df))
     if df["image_id"].duplicated().any():
@@ -343,7 +354,10 @@ def build_manifest(cfg: DataConfig) -> pd.DataFrame:
 
 def build_sources(configs: list[DataConfig]) -> pd.DataFrame:
     """Several data sources as one manifest: each read by its reader, filtered (`where`), named (`name` -> the
-    `source` column). An image id found in two sources is refused: the same image twice could land in two splits."""
+    `source` column). An image id found in two sources is refused: the same image twice could land in two splits.
+    A picture of a later source that is one of an earlier source's under another id (same bytes, or a near-duplicate
+    by perceptual hash: another size, encoding, flip) is dropped, and said: each source is split on its own, so both
+    copies could otherwise land in different splits."""
     frames = []
     for cfg in configs:
         df = build_manifest(cfg)
@@ -358,7 +372,29 @@ def build_sources(configs: list[DataConfig]) -> pd.DataFrame:
     dup = df["image_id"][df["image_id"].duplicated()]
     if len(dup):
         raise DataError(f"image {dup.iloc[0]} (and {len(dup) - 1} more) is in two sources; remove the overlap")
-    return df
+    sizes = [len(f) for f in frames]
+    return _without_copies_across_sources(df, np.repeat(np.arange(len(sizes)), sizes))
+
+
+def _without_copies_across_sources(df: pd.DataFrame, frame: np.ndarray) -> pd.DataFrame:
+    """`df` less the rows of each later source (`frame`: which source each row came from, in config order) that
+    are the same picture as a kept row of an earlier source, by bytes or perceptual hash."""
+    from skinscan.data.splits import overlap_mask
+
+    keep = np.ones(len(df), bool)
+    for k in range(1, int(frame.max(initial=0)) + 1):
+        earlier, later = df[(frame < k) & keep], df[frame == k]
+        _, by_hash, _, by_near = overlap_mask(earlier, later)
+        copies = (by_hash | by_near).to_numpy()
+        if copies.any():
+            first = ", ".join(later["image_id"][copies].head(3).astype(str))
+            print(
+                f"[data] {later['source'].iloc[0]}: dropped {int(copies.sum())} images that are pictures of an "
+                f"earlier source under another id (same bytes {int(by_hash.sum())}, near-duplicate "
+                f"{int((by_near & ~by_hash).sum())}; first: {first})"
+            )
+            keep[np.flatnonzero(frame == k)[copies]] = False
+    return df[keep].reset_index(drop=True)
 
 
 def class_counts(df: pd.DataFrame) -> dict[str, int]:

@@ -44,15 +44,16 @@ def select_eval_set(bundle: Path, data: str, split: str | None) -> pd.DataFrame:
 
 
 def leakage_check(bundle: Path, df: pd.DataFrame) -> dict:
-    """Images of the evaluation set seen in training or validation (by image_id, content hash, lesion)."""
+    """Images of the evaluation set seen in training or validation (by image_id, content hash, lesion, near-duplicate
+    picture)."""
     path = bundle / "train_manifest.parquet"
     if not path.exists():
         return {"checked": False, "reason": "the bundle has no training manifest"}
     seen = pd.read_parquet(path)
     if "split" in seen:
         seen = seen[seen["split"].isin(["train", "val"])]
-    by_id, by_hash, by_lesion = overlap_mask(seen, df)
-    anym = by_id | by_hash | by_lesion
+    by_id, by_hash, by_lesion, by_near = overlap_mask(seen, df)
+    anym = by_id | by_hash | by_lesion | by_near
     return {
         "checked": True,
         "training_images": int(len(seen)),
@@ -60,6 +61,7 @@ def leakage_check(bundle: Path, df: pd.DataFrame) -> dict:
         "by_image_id": int(by_id.sum()),
         "by_sha256": int(by_hash.sum()),
         "by_lesion_id": int(by_lesion.sum()),
+        "by_near_duplicate": int(by_near.sum()),
         "examples": df["image_id"][anym].head(5).tolist(),
     }
 
@@ -317,7 +319,8 @@ def render_markdown(r: dict) -> str:
     leak = r["leakage"]
     leak_line = (
         f"{leak['overlapping']} overlapping images (image_id {leak['by_image_id']}, content "
-        f"{leak['by_sha256']}, lesion {leak['by_lesion_id']})"
+        f"{leak['by_sha256']}, lesion {leak['by_lesion_id']}, "
+        f"near-duplicate picture {leak.get('by_near_duplicate', 0)})"
         if leak.get("checked")
         else leak.get("reason")
     )

@@ -36,12 +36,13 @@ def lesion_groups(df: pd.DataFrame) -> np.ndarray:
 
 
 def rule_decisions(probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule) -> dict:
-    """name -> (flagged, truly positive) for each operating point and for the screening flag (`flag`: any point
-    fired; positive = a malignant class)."""
-    fired = rule.fired(probs, classes)
+    """name -> (flagged by the screening flag, truly positive) for each operating point's classes (e.g. `MEL`: the
+    flag's melanoma sensitivity, what a point chosen jointly is chosen for; a point alone is in the card) and for
+    `flag` itself (positive = a malignant class). Flagged means any point fired."""
+    flagged = rule.fired(probs, classes).any(1)
     truth = np.array(classes)[y]
-    out = {name: (fired[:, j], np.isin(truth, members)) for j, (name, (members, _)) in enumerate(rule.points.items())}
-    out["flag"] = (fired.any(1), np.isin(truth, MALIGNANT_ORDERED))
+    out = {name: (flagged, np.isin(truth, members)) for name, (members, _) in rule.points.items()}
+    out["flag"] = (flagged, np.isin(truth, MALIGNANT_ORDERED))
     return out
 
 
@@ -110,7 +111,7 @@ def subgroup_columns(df: pd.DataFrame) -> dict[str, pd.Series]:
 def by_subgroup(
     df: pd.DataFrame, probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule, reps=500, seed=0
 ) -> list[dict]:
-    """The screening flag's and the melanoma point's sensitivity, and the flag's specificity and referrals, per
+    """The screening flag's sensitivity (for any malignant lesion and for melanoma), specificity and referrals, per
     subgroup, with intervals and counts; `small` marks groups with < SMALL_GROUP malignant positives or
     negatives."""
     groups = lesion_groups(df)
@@ -145,7 +146,11 @@ def operating_point_markdown(op: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, p in op["points"].items():
-        label = "**screening flag** (any point; positive = MEL, BCC, SCC or AK)" if name == "flag" else name
+        label = (
+            "**screening flag** (any point; positive = MEL, BCC, SCC or AK)"
+            if name == "flag"
+            else f"screening flag, positive = {name}"
+        )
         lines.append(
             f"| {label} | {p['positives']} / {p['negatives']} | {fmt_ci(p['sensitivity'])} | "
             f"{fmt_ci(p['specificity'])} | {fmt_ci(p['ppv'])} | {fmt_ci(p['referrals_per_1000'], 0)} |"
