@@ -25,7 +25,9 @@ def test_demo_end_to_end(demo_checkout):
     import pyarrow.parquet as pq  # the shift verdict, in the Parquet dataset's own metadata (read_parquet skips it)
 
     meta = pq.read_schema(art["screening results (Parquet)"] / "_common_metadata").metadata
-    assert "shifted" in json.loads(meta[b"skinscan.shift"]) and json.loads(meta[b"skinscan.flag_rule"])
+    summary = json.loads((art["screening results (Parquet)"].parent / "summary.json").read_text())
+    assert json.loads(meta[b"skinscan.shift"]) == summary["shift"] and summary["shift"]  # a verdict or its reason
+    assert json.loads(meta[b"skinscan.flag_rule"]) == summary["flag"]["rule"]
     ev = json.loads((art["evaluation"].parent / "evaluation.json").read_text())
     assert ev["split"] == "test" and ev["leakage"]["overlapping"] == 0 and ev["raw"]["n"] > 0
     report = art["report"]

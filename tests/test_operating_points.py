@@ -396,6 +396,16 @@ def test_screening_says_when_an_archive_is_not_like_validation(overconfident_bun
     record_summary(str(tmp_path / "cast"), {"shift": verdicts["cast"], "this_run_rows": 1})
     page = Path(write_report(str(tmp_path / "cast"))).read_text()
     assert "<p class=warn id=shift><b>Warning:</b> distribution shift" in page
+    import json
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from skinscan.screening.writer import write_dataset_metadata
+
+    path = write_dataset_metadata(str(tmp_path / "cast"), {"shift": verdicts["cast"]})  # the Parquet dataset says it
+    assert json.loads(pq.read_schema(path).metadata[b"skinscan.shift"])["shifted"] is True
+    assert len(pd.read_parquet(tmp_path / "cast" / "results")) == len(uris)  # readers of the folder skip it
 
 
 def test_thresholds_at_a_confidence_hold_the_target_by_their_lower_bound_and_the_whole_flag_is_recorded(
