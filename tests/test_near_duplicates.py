@@ -107,3 +107,33 @@ def test_a_later_source_republishing_an_earlier_one_loses_those_images_and_says_
     kept = _without_copies_across_sources(both, np.repeat([0, 1], [4, 2]))
     assert kept["image_id"].tolist() == ["A0", "A1", "A2", "A3", "B1"]
     assert "second: dropped 1 images" in capsys.readouterr().out
+
+
+def test_a_manifest_without_hashes_is_not_checked_rather_than_clean_and_csv_keeps_them(tmp_path):
+    """An older manifest (no phash column) or a CSV round trip (missing hashes come back as NaN): the near-duplicate
+    check says it did not run instead of reporting zero, and hashes written to CSV compare as before."""
+    from skinscan.data.manifest import read_manifest_file, write_manifest
+    from skinscan.data.splits import overlap_report
+
+    train = _manifest(tmp_path, "train", {f"A{i}": lesion_like(i) for i in range(4)})
+    other = _manifest(tmp_path, "other", {"B0": republish(lesion_like(2)), "B1": np.full((40, 40, 3), 9, np.uint8)})
+    assert other["phash"].tolist()[1] == ""  # a flat picture has none
+    write_manifest(other, str(tmp_path / "other.csv"))
+    back = read_manifest_file(str(tmp_path / "other.csv"))
+    report = overlap_report(train, back)
+    assert report.by_near_duplicate == 1 and report.examples == ["B0"]
+    old = overlap_report(train.drop(columns="phash"), back)
+    assert old.by_near_duplicate is None and "near-duplicate picture not checked" in old.summary()
+
+
+def test_evaluation_refuses_to_call_a_republished_training_image_unseen(tmp_path):
+    """The leakage guard of `evaluate` and `calibrate --data` counts a training image republished under another id."""
+    from skinscan.evaluation.classifier import leakage_check
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    train = _manifest(tmp_path, "train", {f"A{i}": lesion_like(i) for i in range(4)})
+    train.assign(split=["train", "train", "val", "test"]).to_parquet(bundle / "train_manifest.parquet")
+    clinic = _manifest(tmp_path, "clinic", {"C0": republish(lesion_like(1)), "C1": republish(lesion_like(3))})
+    leak = leakage_check(bundle, clinic)
+    assert leak["by_near_duplicate"] == 1 and leak["overlapping"] == 1 and leak["examples"] == ["C0"]  # A3: test

@@ -235,7 +235,10 @@ def test_evaluate_reports_the_operating_point_with_intervals_and_subgroups(overc
     card = _calibrate(a, manifest)
     r = evaluate(a, str(manifest), tmp_path / "ev", split="test", backend="torch", progress=False, bootstrap=200)
     op = r["operating_point"]
-    assert op["rule"].endswith("[card]") and set(op["points"]) == {"MEL", "malignant", "flag"}
+    assert op["rule"].endswith("[card]") and set(op["points"]) == {"MEL", "malignant", "flag", "flag:MEL"}
+    # the flag fires when either point does: on melanomas it is at least as sensitive as the MEL point alone
+    assert op["points"]["flag:MEL"]["sensitivity"]["value"] >= op["points"]["MEL"]["sensitivity"]["value"]
+    assert op["points"]["flag:MEL"]["positives"] == op["points"]["MEL"]["positives"]
     for p in op["points"].values():
         lo, hi = p["sensitivity"]["ci"]
         assert lo <= p["sensitivity"]["value"] <= hi
@@ -475,3 +478,37 @@ def test_two_points_chosen_jointly_reach_each_target_as_deployed_and_flag_fewest
         if all(((mel >= a) | (mal >= b))[pos[k]].mean() >= 0.9 for k in targets)
     )
     assert flag(joint)[y == 1].sum() == best
+
+
+def test_joint_thresholds_at_a_confidence_hold_each_bound_and_say_when_no_pair_can(capsys):
+    """At 95% confidence the joint pair keeps each target's lower bound (Wilson, in lesions) at or above it, flags
+    no more negatives than the two chosen alone at the same bound, and where too few positives make any pair
+    impossible, calibrate says so and falls back to each point alone."""
+    from skinscan.evaluation.calibrate import choose_points
+    from skinscan.evaluation.metrics import wilson_interval
+
+    rng = np.random.default_rng(5)
+    classes = ["MEL", "NV", "BCC"]
+    n = 900
+    y = rng.choice(3, n, p=[0.2, 0.6, 0.2])
+    logits = rng.normal(0, 1, (n, 3)) + 1.5 * np.eye(3)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    groups = np.arange(n).astype(str)
+    targets = {"MEL": 0.9, "malignant": 0.9}
+    joint = choose_points(probs, y, classes, groups, targets, "val", 0, 0.95, "joint")
+    alone = choose_points(probs, y, classes, groups, targets, "val", 0, 0.95, "alone")
+    mel, mal = probs[:, 0], probs[:, 0] + probs[:, 2]
+
+    def flag(points):
+        return (mel >= points["MEL"].threshold) | (mal >= points["malignant"].threshold)
+
+    for name, positive in {"MEL": y == 0, "malignant": y != 1}.items():
+        k, m = flag(joint)[positive].sum(), positive.sum()
+        assert wilson_interval(k, m, 0.90)[0] >= 0.9  # the one-sided 95% bound
+        assert joint[name].target_confidence == 0.95 and joint[name].chosen == "joint"
+    assert flag(joint)[y == 1].sum() <= flag(alone)[y == 1].sum()
+    few = np.r_[np.flatnonzero(y == 1)[:50], np.flatnonzero(y == 0)[:8], np.flatnonzero(y == 2)[:8]]
+    points = choose_points(probs[few], y[few], classes, groups[few], targets, "a small set", 0, 0.95, "joint")
+    out = capsys.readouterr().out
+    assert "too few for sensitivity 0.90 at 95% confidence" in out and "each point chosen alone" in out
+    assert {p.chosen for p in points.values()} == {"alone"}

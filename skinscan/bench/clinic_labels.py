@@ -17,7 +17,7 @@ from skinscan.data.taxonomy import MALIGNANT
 from skinscan.evaluation.calibrate import choose_points
 from skinscan.evaluation.classifier import predict_frame
 from skinscan.evaluation.metrics import screening_rates
-from skinscan.evaluation.operating import rule_decisions
+from skinscan.evaluation.operating import flag_on, rule_decisions
 from skinscan.evaluation.priors import em_priors, reweight
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import read_card
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("pool", help="the clinic's labelled pool (manifest CSV): calibration draws")
     p.add_argument("held_out", help="the clinic's held-out part (manifest CSV)")
     p.add_argument("-o", "--out", default="clinic_labels.json")
+    p.add_argument("--confidence", type=float, help="thresholds at this lower bound, as calibrate --confidence")
     a = p.parse_args(argv)
     bundle = a.bundle
     card = read_card(bundle)
@@ -88,14 +89,14 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             t, b = cal.fit_temperature_and_bias(tr_logits[pick], y_l)  # what calibrate --data fits on the draw
             labelled = cal.softmax(tr_logits[pick], t, b)
-            points = choose_points(labelled, y_l, classes, pick.astype(str), targets, "the draw", reps=0)
+            points = choose_points(labelled, y_l, classes, pick.astype(str), targets, "the draw", 0, a.confidence)
             decided = rule_decisions(cal.softmax(all_logits[rest], t, b), all_y[rest], classes, cal.points_rule(points))
             r = rates(*decided["flag"])
             sens.append(r["sensitivity"])
             spec.append(r["specificity"])
             refs.append(r["referrals_per_1000"])
             if "MEL" in decided:
-                flagged, melanoma = decided["MEL"]  # the flag's melanoma sensitivity, which the MEL target is for
+                flagged, melanoma = flag_on(decided, "MEL")  # the flag's, which the MEL target is for
                 mel_sens.append(flagged[melanoma].mean())
         mel_sens = np.array(mel_sens)
         curve[n] = {
@@ -106,12 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
             "mel_sensitivity_median": float(np.median(mel_sens)),
             "mel_sensitivity_p5": float(np.percentile(mel_sens, 5)),
             "share_mel_within_0.05_of_target": float(np.mean(np.abs(mel_sens - targets.get("MEL", 0.9)) <= 0.05)),
+            "share_mel_at_least_target_less_0.05": float(np.mean(mel_sens >= targets.get("MEL", 0.9) - 0.05)),
         }
     # the card's own point (HAM validation) on the same images, for reference
     pc = cal.card_probs(card, all_logits)
     f = rule.apply(pc, classes)[0]
     out["item5"] = {
         "targets": targets,
+        "confidence": a.confidence,
         "pool": a.pool,
         "held_out": a.held_out,
         "card_point": {**rates(f, mal[all_y]), "mel_sensitivity": float(f[all_y == m].mean())},  # the flag's

@@ -17,7 +17,7 @@ import pandas as pd
 from skinscan.evaluation.calibrate import choose_points
 from skinscan.evaluation.classifier import predict_frame
 from skinscan.evaluation.metrics import clustered_rate_intervals, screening_rates
-from skinscan.evaluation.operating import lesion_groups, rule_decisions
+from skinscan.evaluation.operating import flag_on, lesion_groups, rule_decisions
 from skinscan.models import calibration as cal
 from skinscan.models.bundle import read_card
 
@@ -61,7 +61,7 @@ def figures(probs: np.ndarray, df: pd.DataFrame, classes: list[str], rule: cal.F
     ci = clustered_rate_intervals(flagged, positive, lesion_groups(df))
     out = {k: round(float(r[k]), 4) for k in ("sensitivity", "specificity", "referrals_per_1000")}
     out |= {f"{k}_ci": [round(c, 4) for c in ci[k]] for k in ("sensitivity", "specificity") if ci[k]}
-    fired, melanoma = decided.get("MEL", (None, None))
+    _, melanoma = flag_on(decided, "MEL") or (None, None)
     if melanoma is not None and melanoma.any():
         out["mel_sensitivity_of_the_flag"] = round(float(flagged[melanoma].mean()), 4)
     return out

@@ -18,11 +18,12 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from skinscan.data import phash as ph
-from skinscan.data.imageio import read_image
+from skinscan.data import storage
+from skinscan.data.imageio import decode_image
 from skinscan.data.splits import lesion_groups
 
 
-def republished(im: Image.Image, rng: np.random.Generator, crop: bool = False) -> Image.Image:
+def republished(im: Image.Image, rng: np.random.Generator, crop: bool = False) -> bytes:
     """The same picture as another source might publish it: resized to another size and aspect, brightened,
     re-encoded; `crop`: first cut by up to 5% on each axis, off centre."""
     w, h = im.size
@@ -33,7 +34,7 @@ def republished(im: Image.Image, rng: np.random.Generator, crop: bool = False) -
     im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.9, 1.1))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=int(rng.integers(60, 90)))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,10 +47,12 @@ def main(argv: list[str] | None = None) -> dict:
     ref = pd.read_csv(a.reference)
 
     def hashes(uris, copy=None):
-        def one(k_u):
+        def one(k_u):  # hashed from bytes, exactly as manifests hash them (`phash.phash_bytes`)
             k, u = k_u
-            im = read_image(u)
-            return ph.phash(im if copy is None else republished(im, np.random.default_rng(k), crop=copy))
+            data = storage.read_bytes(u)
+            if copy is not None:
+                data = republished(decode_image(data, u), np.random.default_rng(k), crop=copy)
+            return ph.phash_bytes(data, u)
 
         with ThreadPoolExecutor(4) as pool:
             return ph.as_bits(list(pool.map(one, enumerate(uris))))

@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--confidence",
-        type=float,
-        help="choose thresholds so that the target holds at this confidence (e.g. 0.95: the lower bound reaches it)",
+        default="0.95",
+        help="choose thresholds so that each target holds at this confidence (default 0.95: its one-sided lower "
+        "bound on validation reaches it); 'none': the point estimate reaches it",
     )
     c.add_argument(
         "--choice",
@@ -88,8 +89,13 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             except ValueError:
                 raise ConfigError(f"--target {item}: expected NAME=SENSITIVITY, e.g. MEL=0.9") from None
         cfg["flag"] = {"target_sensitivity": targets}
-    if a.confidence is not None:
-        cfg.setdefault("flag", {})["confidence"] = a.confidence
+    if a.confidence.lower() == "none":
+        cfg.setdefault("flag", {})["confidence"] = None
+    else:
+        try:
+            cfg.setdefault("flag", {})["confidence"] = float(a.confidence)
+        except ValueError:
+            raise ConfigError(f"--confidence {a.confidence}: expected a number in (0.5, 1) or none") from None
     cfg.setdefault("flag", {})["choice"] = a.choice
     run(validate(CalibrateConfig, cfg))
     return 0

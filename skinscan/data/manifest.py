@@ -54,8 +54,7 @@ def _require(df: pd.DataFrame, cols: list[str], uri: str, what: str) -> None:
 def fingerprint_uris(uris: list[str], threads: int = 8) -> tuple[list[str], list[str]]:
     """(sha256 of each file's bytes, perceptual hash of its picture), one read per file; "" where the file is
     missing (sha256) or does not decode (phash: the image is refused later, where it is read for training)."""
-    from skinscan.data.imageio import decode_image
-    from skinscan.data.phash import SIDE, phash
+    from skinscan.data.phash import phash_bytes
 
     def one(u: str) -> tuple[str, str]:
         try:
@@ -63,7 +62,7 @@ def fingerprint_uris(uris: list[str], threads: int = 8) -> tuple[list[str], list
         except FileNotFoundError:
             return "", ""
         try:
-            picture = phash(decode_image(data, u, draft_size=SIDE))
+            picture = phash_bytes(data, u)
         except ImageDecodeError:
             picture = ""
         return hashlib.sha256(data).hexdigest(), picture

@@ -20,6 +20,9 @@ from PIL import Image
 
 SIDE, KEEP = 64, 16
 BITS = KEEP * KEEP
+DECODE_SIDE = 4 * SIDE
+"""JPEGs are decoded at reduced scale down to no less than this, then box-averaged to SIDE: the hash then hardly
+depends on the file's size or format (a reduced decode straight to SIDE moved one file's hash by up to 32 bits)."""
 MAX_DISTANCE = 28
 """Bits (of 256) within which two hashes are one picture. On HAM10000 (docs/experiments.md, 2026-12-05) copies resized
 to another size and aspect, brightened and re-encoded lie within 19 bits, and no two images of different lesions
@@ -45,6 +48,13 @@ def phash(rgb: np.ndarray | Image.Image) -> str:
     bits = dctn(grey, norm="ortho")[:KEEP, :KEEP].ravel() > 0
     bits[0] = False  # the mean brightness: always positive, says nothing
     return np.packbits(bits).tobytes().hex()
+
+
+def phash_bytes(data: bytes, uri: str = "<bytes>") -> str:
+    """The hash of an encoded image, decoded the one way manifests and the threshold's benchmark both use."""
+    from skinscan.data.imageio import decode_image
+
+    return phash(decode_image(data, uri, draft_size=DECODE_SIDE))
 
 
 def as_bits(hashes) -> np.ndarray:
@@ -83,20 +93,25 @@ def _min_distance(chunk: np.ndarray, turned: np.ndarray) -> np.ndarray:
     return d
 
 
-def distances(a: np.ndarray, b: np.ndarray, block: int = 256) -> np.ndarray:
+def _block(n: int) -> int:
+    """Rows per block: the XOR of one block against n hashes holds block x n x 32 bytes (about 128 MB at most)."""
+    return int(np.clip(2**22 // max(n, 1), 8, 256))
+
+
+def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[len(b)]: for each hash of `b`, its smallest distance in bits to any hash of `a` in any orientation."""
     out = np.full(len(b), BITS + 1, np.int64)
     if len(a) and len(b):
-        turned = orientations(a)
+        turned, block = orientations(a), _block(len(a))
         for s in range(0, len(b), block):
             out[s : s + block] = _min_distance(b[s : s + block], turned).min(1)
     return out
 
 
-def pairs_within(h: np.ndarray, max_distance: int = MAX_DISTANCE, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def pairs_within(h: np.ndarray, max_distance: int = MAX_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
     """([k, 2] index pairs i < j, [k] their distances) of one set's hashes within `max_distance` bits in some
     orientation."""
-    turned = orientations(h)
+    turned, block = orientations(h), _block(len(h))
     found, dist = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.uint16)]
     for s in range(0, len(h), block):
         d = _min_distance(h[s : s + block], turned)

@@ -118,7 +118,7 @@ class OverlapReport:
     by_lesion_id: int
     overlapping: int  # images of b overlapping a by any criterion
     examples: list[str] = field(default_factory=list)
-    by_near_duplicate: int = 0
+    by_near_duplicate: int | None = 0  # None: not checked (a manifest without perceptual hashes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,8 +127,21 @@ class OverlapReport:
         return (
             f"{self.overlapping} of {self.n_b} images overlap the other set "
             f"(image_id {self.by_image_id}, content {self.by_sha256}, lesion {self.by_lesion_id}, "
-            f"near-duplicate picture {self.by_near_duplicate})"
+            f"near-duplicate picture {near_text(self.by_near_duplicate)})"
         )
+
+
+def pictures_comparable(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether both manifests carry perceptual hashes (manifests written before them do not): without, the
+    near-duplicate check did not run, which is not the same as finding none."""
+    return all("phash" in d and ph.present(d["phash"]).any() for d in (a, b))
+
+
+NOT_CHECKED = "not checked (a manifest has no perceptual hashes: rebuild it with skinscan data manifest)"
+
+
+def near_text(count: int | None) -> str:
+    return NOT_CHECKED if count is None else str(count)
 
 
 def overlap_mask(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
@@ -165,7 +178,7 @@ def overlap_report(a: pd.DataFrame, b: pd.DataFrame, max_examples: int = 5) -> O
         by_lesion_id=int(by_lesion.sum()),
         overlapping=int(anym.sum()),
         examples=b["image_id"][anym].head(max_examples).tolist(),
-        by_near_duplicate=int(by_near.sum()),
+        by_near_duplicate=int(by_near.sum()) if pictures_comparable(a, b) else None,
     )
 
 

@@ -124,6 +124,11 @@ def choose_points(
         )
         if pair is not None:
             thresholds, chosen = dict(zip(found, pair)), "joint"
+        else:
+            how = f" at {confidence:.0%} confidence" if confidence is not None else ""
+            print(f"[calibrate] no pair of thresholds reaches both targets{how} on {where}: each point chosen alone")
+    elif choice == "joint" and len(found) > 2:
+        print(f"[calibrate] the joint choice is for two points, not {len(found)}: each point chosen alone")
     flag = np.logical_or.reduce([f[1] >= thresholds[n] for n, f in found.items()]) if found else None
     points = {}
     for name, (members, scores, positive, _) in found.items():
@@ -275,6 +280,7 @@ def calibrate_frame(
 
 def run(cfg: CalibrateConfig) -> ModelCard:
     from skinscan.data import storage
+    from skinscan.data.splits import near_text
     from skinscan.evaluation.classifier import leakage_check, select_eval_set
 
     if storage.is_remote(cfg.model):
@@ -300,8 +306,10 @@ def run(cfg: CalibrateConfig) -> ModelCard:
         if leak.get("checked") and leak["overlapping"]:
             raise DataError(
                 f"{data}: {leak['overlapping']} of its images were in the model's training or validation split (same "
-                "id, content or lesion); remove them first (`skinscan data overlap`)"
+                "id, content, lesion or picture); remove them first (`skinscan data overlap`)"
             )
+        if leak.get("checked") and leak.get("by_near_duplicate") is None:
+            print(f"[calibrate] near-duplicate pictures of the training images: {near_text(None)}")
     df = df[df["label"].isin(card.class_names)].reset_index(drop=True)
     if df.empty:
         raise DataError(f"{data}: no labelled images of the model's classes to calibrate on")

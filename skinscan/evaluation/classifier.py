@@ -14,7 +14,7 @@ from tqdm import tqdm
 from skinscan.config import DataConfig
 from skinscan.data.manifest import build_manifest
 from skinscan.data.sampling import oversample_indices
-from skinscan.data.splits import overlap_mask
+from skinscan.data.splits import near_text, overlap_mask, pictures_comparable
 from skinscan.data.taxonomy import merge_to_ham
 from skinscan.errors import DataError, ImageDecodeError, LeakageError
 from skinscan.evaluation.shift import IMAGE_STATS, image_stats
@@ -61,7 +61,7 @@ def leakage_check(bundle: Path, df: pd.DataFrame) -> dict:
         "by_image_id": int(by_id.sum()),
         "by_sha256": int(by_hash.sum()),
         "by_lesion_id": int(by_lesion.sum()),
-        "by_near_duplicate": int(by_near.sum()),
+        "by_near_duplicate": int(by_near.sum()) if pictures_comparable(seen, df) else None,
         "examples": df["image_id"][anym].head(5).tolist(),
     }
 
@@ -320,7 +320,7 @@ def render_markdown(r: dict) -> str:
     leak_line = (
         f"{leak['overlapping']} overlapping images (image_id {leak['by_image_id']}, content "
         f"{leak['by_sha256']}, lesion {leak['by_lesion_id']}, "
-        f"near-duplicate picture {leak.get('by_near_duplicate', 0)})"
+        f"near-duplicate picture {near_text(leak.get('by_near_duplicate'))})"
         if leak.get("checked")
         else leak.get("reason")
     )
@@ -375,7 +375,8 @@ def _operating_md(r: dict) -> str:
 
     op = r["operating_point"]
     flag = op["points"]["flag"]
-    mel = op["points"].get("MEL")
+    # the flag's melanoma sensitivity (its own row where melanomas are not all of the malignant lesions)
+    mel = op["points"].get("flag:MEL") or (flag if "MEL" in op["points"] else None)
     source = "chosen on validation" if r["card_operating_points"] else "none in the card: the default 0.5 rule"
     head = (
         f"**At the bundle's operating point** ({source}): "

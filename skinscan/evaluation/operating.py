@@ -36,14 +36,27 @@ def lesion_groups(df: pd.DataFrame) -> np.ndarray:
 
 
 def rule_decisions(probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule) -> dict:
-    """name -> (flagged by the screening flag, truly positive) for each operating point's classes (e.g. `MEL`: the
-    flag's melanoma sensitivity, what a point chosen jointly is chosen for; a point alone is in the card) and for
-    `flag` itself (positive = a malignant class). Flagged means any point fired."""
-    flagged = rule.fired(probs, classes).any(1)
+    """name -> (flagged, truly positive): each operating point alone (`MEL`, `malignant`), the screening flag
+    (`flag`: any point fired; positive = a malignant class), and the flag on each point's own positives where they
+    are not the flag's (`flag:MEL`: the flag's melanoma sensitivity, what a point chosen jointly is chosen for)."""
+    fired = rule.fired(probs, classes)
     truth = np.array(classes)[y]
-    out = {name: (flagged, np.isin(truth, members)) for name, (members, _) in rule.points.items()}
-    out["flag"] = (flagged, np.isin(truth, MALIGNANT_ORDERED))
+    flagged, malignant = fired.any(1), np.isin(truth, MALIGNANT_ORDERED)
+    out = {name: (fired[:, j], np.isin(truth, members)) for j, (name, (members, _)) in enumerate(rule.points.items())}
+    out["flag"] = (flagged, malignant)
+    for name, (members, _) in rule.points.items():
+        positive = np.isin(truth, members)
+        if len(rule.points) > 1 and not np.array_equal(positive, malignant):
+            out[f"flag:{name}"] = (flagged, positive)
     return out
+
+
+def flag_on(decided: dict, name: str):
+    """(flagged by the screening flag, positive for point `name`) from `rule_decisions`' result; None without the
+    point."""
+    if name not in decided:
+        return None
+    return decided["flag"][0], decided[name][1]
 
 
 def _with_ci(flagged, positive, groups, reps, seed) -> dict:
@@ -111,7 +124,7 @@ def subgroup_columns(df: pd.DataFrame) -> dict[str, pd.Series]:
 def by_subgroup(
     df: pd.DataFrame, probs: np.ndarray, y: np.ndarray, classes: list[str], rule: FlagRule, reps=500, seed=0
 ) -> list[dict]:
-    """The screening flag's sensitivity (for any malignant lesion and for melanoma), specificity and referrals, per
+    """The screening flag's sensitivity (for any malignant lesion, and for melanoma), specificity and referrals, per
     subgroup, with intervals and counts; `small` marks groups with < SMALL_GROUP malignant positives or
     negatives."""
     groups = lesion_groups(df)
@@ -122,8 +135,9 @@ def by_subgroup(
             dec = rule_decisions(probs[m], y[m], classes, rule)
             flag = _with_ci(*dec["flag"], groups[m], reps, seed)
             row = {"attribute": attr, "group": g, "n": int(m.sum()), "flag": flag}
-            if "MEL" in dec:
-                row["MEL"] = _with_ci(*dec["MEL"], groups[m], reps, seed)
+            mel = flag_on(dec, "MEL")  # the flag's melanoma sensitivity
+            if mel is not None:
+                row["MEL"] = _with_ci(*mel, groups[m], reps, seed)
             row["small"] = min(flag["positives"], flag["negatives"]) < SMALL_GROUP  # either rate rests on few
             rows.append(row)
     return rows
@@ -149,7 +163,9 @@ def operating_point_markdown(op: dict) -> str:
         label = (
             "**screening flag** (any point; positive = MEL, BCC, SCC or AK)"
             if name == "flag"
-            else f"screening flag, positive = {name}"
+            else f"screening flag on {name.split(':')[1]} (its sensitivity)"
+            if name.startswith("flag:")
+            else f"{name} point alone"
         )
         lines.append(
             f"| {label} | {p['positives']} / {p['negatives']} | {fmt_ci(p['sensitivity'])} | "

@@ -101,7 +101,7 @@ class OperatingPoint(_Open):
     chosen_on: str
     # "alone": the most specific threshold reaching the target by itself; "joint": chosen with the card's other point
     # so that the flag as deployed (either fires) reaches each target on its positives (val_flag_sensitivity)
-    chosen: Literal["alone", "joint"] = "alone"
+    chosen: str = "alone"
     val_sensitivity: float  # this point alone
     val_sensitivity_ci: list[float] | None = None
     val_flag_sensitivity: float | None = None  # the whole flag's, on this point's positives

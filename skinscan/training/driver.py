@@ -91,9 +91,10 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
         if unknown:
             df = df[df["label"].isin(classes)].reset_index(drop=True)
             print(f"[train] dropped images of classes not in `classes`: {unknown}")
-    if "split" not in df or df["split"].isna().any():
+    if "split" not in df or df["split"].isna().any():  # whole lesions and pictures per split, by construction
         df = split_by_source(df, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
-    check_lesions_disjoint(df)
+    else:  # a split the manifest brought: checked (the near-duplicate search is the costly part; done once)
+        check_lesions_disjoint(df)
     if not (df["split"] == "val").any() or not (df["split"] == "train").any():
         raise DataError("split produced an empty train or val set; use more images or larger fractions")
     return missing_as_none(df), classes
