@@ -129,3 +129,23 @@ def test_pretrained_weights_of_another_architecture_are_refused_with_the_count(t
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     with pytest.raises(BundleError, match=r"only \d+ of 120 backbone tensors of ResNet match"):
         create_model(ModelConfig(name="resnet18", img_size=32, pretrained=str(path)), num_classes=2)
+
+
+def test_a_card_from_a_newer_skinscan_is_refused_and_calibrating_an_old_one_upgrades_it(tmp_path):
+    """A newer card may mean something this version would misread (version 2 added class offsets and jointly chosen
+    points): one line naming the versions. Recalibrating a version-1 card writes the current version."""
+    import json
+
+    from skinscan.models.bundle import CARD_VERSION, Calibration, record_calibration
+
+    bundle = make_bundle(tmp_path / "b", size=32)
+    path = bundle / "model_card.json"
+    card = json.loads(path.read_text())
+    path.write_text(json.dumps(card | {"card_version": CARD_VERSION + 1}))
+    with pytest.raises(BundleError, match=f"card version {CARD_VERSION + 1} was written by a newer SkinScan"):
+        read_card(bundle)
+    path.write_text(json.dumps(card | {"card_version": 1}))
+    fit = Calibration(
+        temperature=1.2, fitted_on="val", n=10, nll_before=1.0, nll_after=0.9, ece_before=0.1, ece_after=0.05
+    )
+    assert record_calibration(bundle, fit, {}).card_version == CARD_VERSION == read_card(bundle).card_version

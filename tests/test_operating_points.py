@@ -512,3 +512,26 @@ def test_joint_thresholds_at_a_confidence_hold_each_bound_and_say_when_no_pair_c
     out = capsys.readouterr().out
     assert "too few for sensitivity 0.90 at 95% confidence" in out and "each point chosen alone" in out
     assert {p.chosen for p in points.values()} == {"alone"}
+    assert points["MEL"].bound_reached is False and {p.bound_reached for p in joint.values()} == {True}
+    from skinscan.screening.report import _operating_point  # the report says the bound was not reached
+
+    page = _operating_point({"points": {"MEL": points["MEL"].model_dump()}}, "rule", {"flagged": 1, "ok": 2})
+    assert "<b>not reached</b>" in page
+
+
+def test_the_flags_melanoma_row_exists_whatever_the_points_and_rows():
+    """The flag's melanoma sensitivity is its own row whenever melanoma is not the whole malignant set, decided by
+    the classes: with one MEL point, or with rows that hold no BCC, it is not the flag's any-malignant figure."""
+    from skinscan.evaluation.operating import rule_decisions
+    from skinscan.models.calibration import FlagRule
+
+    classes = ["MEL", "NV", "BCC"]
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.1, 0.1, 0.8]], np.float32)
+    y = np.array([0, 1, 0, 2])
+    one = rule_decisions(probs, y, classes, FlagRule({"MEL": (("MEL",), 0.5)}, "card"))
+    flagged, melanoma = one["flag:MEL"]
+    assert flagged[melanoma].mean() == 0.5 and one["flag"][0][one["flag"][1]].mean() == 1 / 3
+    no_bcc = rule_decisions(
+        probs[:3], y[:3], classes, FlagRule({"MEL": (("MEL",), 0.5), "malignant": (("MEL", "BCC"), 0.6)}, "card")
+    )
+    assert "flag:MEL" in no_bcc and "flag:malignant" not in no_bcc  # MEL+BCC: all the malignant classes it has

@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("pool", help="the clinic's labelled pool (manifest CSV): calibration draws")
     p.add_argument("held_out", help="the clinic's held-out part (manifest CSV)")
     p.add_argument("-o", "--out", default="clinic_labels.json")
-    p.add_argument("--confidence", type=float, help="thresholds at this lower bound, as calibrate --confidence")
+    p.add_argument("--confidence", default="0.95", help="as calibrate --confidence (0.95; none: point estimate)")
     a = p.parse_args(argv)
+    a.confidence = None if a.confidence.lower() == "none" else float(a.confidence)
     bundle = a.bundle
     card = read_card(bundle)
     classes = card.class_names

@@ -86,10 +86,18 @@ def main(argv: list[str] | None = None) -> dict:
     for item in a.others:
         name, _, path = item.partition("=")
         other = pd.read_csv(path)
-        dist = ph.distances(h, hashes(other["uri"]))
-        near = dist <= ph.MAX_DISTANCE
-        out[name] = {"n": len(other), "near_duplicates_of_reference": int(near.sum()),
-                     "examples": other["image_id"][near].head(5).tolist()}  # fmt: skip
+        ho = hashes(other["uri"])
+        near = ph.distances(h, ho) <= ph.MAX_DISTANCE
+        within, _ = ph.pairs_within(ho)
+        full = [ph.phash(decode_image(storage.read_bytes(u), u)) for u in other["uri"]]  # no reduced decode
+        moved = np.bitwise_count(ho ^ ph.as_bits(full)).sum(1)
+        out[name] = {
+            "n": len(other),
+            "near_duplicates_of_reference": int(near.sum()),
+            "examples": other["image_id"][near].head(5).tolist(),
+            "pairs_within": [other["image_id"].iloc[list(p)].tolist() for p in within],
+            "manifest_decode_vs_full_decode_bits": {q: float(np.percentile(moved, q)) for q in (50, 90, 100)},
+        }
     print(json.dumps(out, indent=1))
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -135,11 +135,14 @@ def choose_points(
         t = thresholds[name]
         flagged = scores >= t
         ci = clustered_rate_intervals(flagged, positive, groups)["sensitivity"]  # Wilson, counted in lesions
+        meets = float((flag if chosen == "joint" else flagged)[positive].mean())  # what the target is held by
+        lesions = len(np.unique(groups[positive]))
         points[name] = OperatingPoint(
             classes=members,
             threshold=t,
             target_sensitivity=targets[name],
             target_confidence=confidence,
+            bound_reached=None if confidence is None else bool(_reaches(targets[name], confidence, lesions)(meets)),
             chosen_on=where,
             chosen=chosen,
             val_sensitivity=float(flagged[positive].mean()),

@@ -375,8 +375,7 @@ def _operating_md(r: dict) -> str:
 
     op = r["operating_point"]
     flag = op["points"]["flag"]
-    # the flag's melanoma sensitivity (its own row where melanomas are not all of the malignant lesions)
-    mel = op["points"].get("flag:MEL") or (flag if "MEL" in op["points"] else None)
+    mel = op["points"].get("flag:MEL")  # the flag's melanoma sensitivity
     source = "chosen on validation" if r["card_operating_points"] else "none in the card: the default 0.5 rule"
     head = (
         f"**At the bundle's operating point** ({source}): "

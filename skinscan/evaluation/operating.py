@@ -44,10 +44,10 @@ def rule_decisions(probs: np.ndarray, y: np.ndarray, classes: list[str], rule: F
     flagged, malignant = fired.any(1), np.isin(truth, MALIGNANT_ORDERED)
     out = {name: (fired[:, j], np.isin(truth, members)) for j, (name, (members, _)) in enumerate(rule.points.items())}
     out["flag"] = (flagged, malignant)
-    for name, (members, _) in rule.points.items():
-        positive = np.isin(truth, members)
-        if len(rule.points) > 1 and not np.array_equal(positive, malignant):
-            out[f"flag:{name}"] = (flagged, positive)
+    malignant_classes = {c for c in MALIGNANT_ORDERED if c in classes}
+    for name, (members, _) in rule.points.items():  # decided by the model's classes, not by the rows at hand
+        if set(members) & set(classes) != malignant_classes:
+            out[f"flag:{name}"] = (flagged, np.isin(truth, members))
     return out
 
 

@@ -32,7 +32,10 @@ from skinscan.errors import BundleError
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
-CARD_VERSION = 1
+CARD_VERSION = 2
+"""Cards of a newer version are refused (`parse_card`): from 2 on, a card that means something an older reader would
+misread gets a new version. Version 1 cards may carry class offsets and jointly chosen points too (written before
+the check existed); SkinScan versions from before the check read any card."""
 EXPORT_COMMANDS = {
     "onnx": "skinscan convert --model {bundle} --to onnx",
     "onnx_fp16": "skinscan convert --model {bundle} --to onnx --fp16",
@@ -43,7 +46,8 @@ EXPORT_COMMANDS = {
 
 
 class _Open(BaseModel):
-    """Card sections keep keys they do not know (cards written by newer versions still load)."""
+    """Card sections keep keys they do not know (cards of this card version written by newer SkinScan versions still
+    load; a newer card version is refused by `parse_card`)."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
 
@@ -101,7 +105,10 @@ class OperatingPoint(_Open):
     chosen_on: str
     # "alone": the most specific threshold reaching the target by itself; "joint": chosen with the card's other point
     # so that the flag as deployed (either fires) reaches each target on its positives (val_flag_sensitivity)
-    chosen: str = "alone"
+    chosen: Literal["alone", "joint"] = "alone"
+    # with target_confidence: False where too few positives let no threshold reach the bound (it then flags every
+    # positive of the validation set); None without a confidence
+    bound_reached: bool | None = None
     val_sensitivity: float  # this point alone
     val_sensitivity_ci: list[float] | None = None
     val_flag_sensitivity: float | None = None  # the whole flag's, on this point's positives
@@ -222,7 +229,7 @@ def local_bundle(directory: str | Path) -> Path:
     local = storage.cache_dir("bundles", uri)
     with storage.node_lock(local):
         if not (local / CARD).is_file() or (local / CARD).read_bytes() != remote_card:
-            card = ModelCard.model_validate_json(remote_card)
+            card = parse_card(remote_card, f"{uri}/{CARD}")
             for name in _bundle_files(card)[:-1]:
                 try:
                     storage.write_local_atomic(local / name, storage.read_bytes(f"{uri}/{name}"))
@@ -256,7 +263,7 @@ def publish_exports(local: str | Path, uri: str, fetched: ModelCard) -> None:
     parity = {k: v for k, v in ours.parity.items() if fetched.parity.get(k) != v}
     for name in sorted({e.file for e in exports.values()}):
         storage.write_bytes(f"{uri}/{name}", (local / name).read_bytes())
-    theirs = ModelCard.model_validate_json(storage.read_bytes(f"{uri}/{CARD}"))  # read last: the newest
+    theirs = parse_card(storage.read_bytes(f"{uri}/{CARD}"), f"{uri}/{CARD}")  # read last: the newest
     if theirs.weights_sha256 != ours.weights_sha256:
         raise BundleError(f"{uri}: its weights changed while converting; convert again")
     merged = theirs.model_copy(update={"exports": {**theirs.exports, **exports}, "parity": {**theirs.parity, **parity}})
@@ -267,11 +274,23 @@ def read_card(directory: str | Path) -> ModelCard:
     d = local_bundle(directory)
     if not (d / CARD).is_file():
         raise BundleError(f"{d}: not a model bundle (no {CARD})")
+    return parse_card((d / CARD).read_bytes(), str(d / CARD))
+
+
+def parse_card(text: bytes | str, where: str) -> ModelCard:
+    """A card from its JSON: validated, and refused when a newer SkinScan wrote a card version this one would
+    misread (one line each)."""
     try:
-        return ModelCard.model_validate_json((d / CARD).read_text())
+        card = ModelCard.model_validate_json(text)
     except ValidationError as err:
         e = err.errors()[0]
-        raise BundleError(f"{d / CARD}: invalid model card ({'.'.join(map(str, e['loc']))}: {e['msg']})") from None
+        raise BundleError(f"{where}: invalid model card ({'.'.join(map(str, e['loc']))}: {e['msg']})") from None
+    if card.card_version > CARD_VERSION:
+        raise BundleError(
+            f"{where}: card version {card.card_version} was written by a newer SkinScan (this one reads up to "
+            f"{CARD_VERSION}); upgrade SkinScan to use this bundle"
+        )
+    return card
 
 
 def _local_only(directory: str | Path) -> None:
@@ -293,7 +312,8 @@ def record_export(directory: str | Path, key: str, record: ExportRecord) -> Mode
 def record_calibration(directory: str | Path, calibration: Calibration, points: dict[str, OperatingPoint]) -> ModelCard:
     """Store the temperature and operating points in the card (weights untouched)."""
     _local_only(directory)
-    card = read_card(directory).model_copy(update={"calibration": calibration, "operating_points": points})
+    update = {"calibration": calibration, "operating_points": points, "card_version": CARD_VERSION}
+    card = read_card(directory).model_copy(update=update)
     _write_card(Path(directory), card)
     return card
 

@@ -580,6 +580,7 @@ def flag_summary(cfg: ScreenConfig) -> dict:
                     "threshold",
                     "target_sensitivity",
                     "target_confidence",
+                    "bound_reached",
                     "chosen_on",
                     "chosen",
                     "val_sensitivity",

@@ -148,6 +148,11 @@ def _operating_point(flag: dict, rule: str, s: dict) -> str:
             + ("with the other point so that the flag reaches " if joint else "for ")
             + f"sensitivity {p['target_sensitivity']:.2f}"
             + (f" at {p['target_confidence']:.0%} confidence" if p.get("target_confidence") else "")
+            + (
+                " (<b>not reached</b>: too few positives there; the threshold flags every one of them)"
+                if p.get("bound_reached") is False
+                else ""
+            )
             + f" on {html.escape(str(p['chosen_on']))}"
             + (f" (the flag's there: <b>{p['val_flag_sensitivity']:.2f}</b>); this point alone: " if joint else ": ")
             + f"sensitivity {'' if joint else '<b>'}{p['val_sensitivity']:.2f}{'' if joint else '</b>'}{ci_s}, "

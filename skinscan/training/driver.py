@@ -91,9 +91,13 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str]]:
         if unknown:
             df = df[df["label"].isin(classes)].reset_index(drop=True)
             print(f"[train] dropped images of classes not in `classes`: {unknown}")
-    if "split" not in df or df["split"].isna().any():  # whole lesions and pictures per split, by construction
+    brought = "split" in df and df["split"].notna().all()
+    if not brought:  # whole lesions and pictures per split within each source, by construction
         df = split_by_source(df, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
-    else:  # a split the manifest brought: checked (the near-duplicate search is the costly part; done once)
+    # checked where the construction does not cover it: a split the manifest brought, or sources split apart whose
+    # copies were not dropped by config entry (one manifest holding several sources); the near-duplicate search is
+    # the costly part, so not twice for nothing
+    if brought or df["source"].nunique() > len(cfg.extra_data) + 1:
         check_lesions_disjoint(df)
     if not (df["split"] == "val").any() or not (df["split"] == "train").any():
         raise DataError("split produced an empty train or val set; use more images or larger fractions")
