@@ -232,6 +232,7 @@ def fit(
         )
     for name, p in points.items():
         how = f", {p.target_confidence:.0%} lower bound" if p.target_confidence else ""
+        how += " not reached: too few positives" if p.bound_reached is False else ""
         joint = f"; chosen jointly: the flag's sensitivity on {name} {p.val_flag_sensitivity:.3f}"
         print(
             f"[calibrate] {name}: P({'+'.join(p.classes)}) >= {p.threshold:.4f} alone gives sensitivity "
