@@ -409,6 +409,8 @@ def test_screening_says_when_an_archive_is_not_like_validation(overconfident_bun
     path = write_dataset_metadata(str(tmp_path / "cast"), {"shift": verdicts["cast"]})  # the Parquet dataset says it
     assert json.loads(pq.read_schema(path).metadata[b"skinscan.shift"])["shifted"] is True
     assert len(pd.read_parquet(tmp_path / "cast" / "results")) == len(uris)  # readers of the folder skip it
+    write_dataset_metadata(str(tmp_path / "cast"), None)  # a later run without a verdict leaves no stale one
+    assert not Path(path).exists()
 
 
 def test_thresholds_at_a_confidence_hold_the_target_by_their_lower_bound_and_the_whole_flag_is_recorded(

@@ -543,11 +543,11 @@ def _screen_listed(cfg, units, stand_in, earlier, env, t_list, inputs, n_ref) ->
         }
     )
     record_summary(cfg.output, summary)
-    if summary["shift"] is not None:
-        try:  # the verdict also goes into the Parquet dataset's own metadata, beside the parts it is about
-            write_dataset_metadata(cfg.output, {"shift": summary["shift"], "flag_rule": summary["flag"]["rule"]})
-        except Exception as err:  # noqa: BLE001 - never cost a run its summary
-            print(f"[screen] could not write results/_common_metadata: {err}", flush=True)
+    verdict = None if summary["shift"] is None else {"shift": summary["shift"], "flag_rule": summary["flag"]["rule"]}
+    try:  # the verdict also goes into the Parquet dataset's own metadata, beside the parts it is about (none: removed)
+        write_dataset_metadata(cfg.output, verdict)
+    except Exception as err:  # noqa: BLE001 - never cost a run its summary
+        print(f"[screen] could not write results/_common_metadata: {err}", flush=True)
     if interrupted:
         raise KeyboardInterrupt(f"{written} rows written this run; rerun the same command to resume")
     return summary

@@ -49,13 +49,18 @@ Parquet skip names that start with "_"): what the run concluded about all its ro
 every part is written before the conclusion exists."""
 
 
-def write_dataset_metadata(output: str, values: dict) -> str | None:
+def write_dataset_metadata(output: str, values: dict | None) -> str | None:
     """Write results/_common_metadata: the newest part's schema with `values` (JSON, under "skinscan.<key>") as
-    key-value metadata. None where there is no part yet."""
+    key-value metadata; `values` None removes it (a run that reached no verdict leaves none about rows it added).
+    None where there is no part yet."""
     parts = list_parts(output)
+    fs, root = _fs(output)
+    if values is None:
+        if fs.exists(f"{root}/{COMMON_METADATA}"):
+            fs.rm(f"{root}/{COMMON_METADATA}")
+        return None
     if not parts:
         return None
-    fs, root = _fs(output)
     with fs.open(parts[-1], "rb") as f:
         schema = pq.read_schema(f)
     meta = dict(schema.metadata or {}) | {f"skinscan.{k}".encode(): json.dumps(v).encode() for k, v in values.items()}
