@@ -14,7 +14,7 @@ import json
 import numpy as np
 import torch
 
-from skinscan.bench.flag_choice import labelled_frame
+from skinscan.bench.common import labelled_frame, write_json
 from skinscan.data.preprocess import load_image, normalize_batch
 from skinscan.data.taxonomy import MALIGNANT
 from skinscan.evaluation.metrics import screening_rates, weighted_auc
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         res["auc_MEL_change"] = round(res["statistics of this set"]["auc_MEL"] - res["as trained"]["auc_MEL"], 4)
         out[name] = res
         print(name, json.dumps(res), flush=True)
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(out, a.out)
     return out
 
 

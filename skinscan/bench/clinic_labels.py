@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from skinscan.bench.common import write_json
 from skinscan.data.taxonomy import MALIGNANT
 from skinscan.evaluation.calibrate import choose_points
 from skinscan.evaluation.classifier import predict_frame
@@ -122,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "curve": curve,
     }
     print(json.dumps(out, indent=1))
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(out, a.out)
     return out
 
 

@@ -85,6 +85,19 @@ class PeakMemory:
         self._t.join()
 
 
+def labelled_frame(spec: str, classes: list[str]):
+    """Manifests `a.csv,b.parquet[:split]` concatenated: their rows of the model's classes, each image once."""
+    import pandas as pd
+
+    frames = []
+    for part in spec.split(","):
+        path, _, split = part.partition(":")
+        df = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+        frames.append(df[df["split"] == split] if split else df)
+    df = pd.concat(frames, ignore_index=True)
+    return df[df["label"].isin(classes)].drop_duplicates("uri").reset_index(drop=True)
+
+
 def write_json(obj: dict, path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skinscan.bench.common import write_json
 from skinscan.bench.flag_choice import figures, logits_of
 from skinscan.evaluation.calibrate import choose_points
 from skinscan.evaluation.metrics import balanced_accuracy, lesion_bootstrap_weights, weighted_auc
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ci": [round(float(np.quantile(diffs, q)), 4) for q in (0.025, 0.975)] if diffs else None,
         }
     print(json.dumps(out["auc_MEL_gain"]))
-    Path(a.out).write_text(json.dumps(out, indent=1))
+    write_json(out, a.out)
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skinscan.bench.common import labelled_frame, write_json
 from skinscan.evaluation.calibrate import choose_points
 from skinscan.evaluation.classifier import predict_frame
 from skinscan.evaluation.metrics import clustered_rate_intervals, screening_rates
@@ -27,17 +28,6 @@ ARMS = {  # name -> (choice, confidence)
     "alone, 95% bound": ("alone", 0.95),
     "joint, 95% bound": ("joint", 0.95),
 }
-
-
-def labelled_frame(spec: str, classes: list[str]) -> pd.DataFrame:
-    """Manifests `a.csv,b.parquet[:split]` concatenated, rows of the model's classes."""
-    frames = []
-    for part in spec.split(","):
-        path, _, split = part.partition(":")
-        df = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
-        frames.append(df[df["split"] == split] if split else df)
-    df = pd.concat(frames, ignore_index=True)
-    return df[df["label"].isin(classes)].drop_duplicates("uri").reset_index(drop=True)
 
 
 def logits_of(bundle: str, name: str, spec: str, classes: list[str], cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         out[arm] = {"thresholds": {n: round(pt.threshold, 4) for n, pt in points.items()}}
         out[arm] |= {name: figures(probs[name], df, classes, rule) for name, (df, _) in sets.items()}
         print(arm, json.dumps(out[arm]), flush=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
+    write_json(out, a.out)
     return out
 
 

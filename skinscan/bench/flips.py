@@ -11,9 +11,9 @@ import json
 import time
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from skinscan.bench.common import labelled_frame, write_json
 from skinscan.data.preprocess import load_image, normalize_batch
 from skinscan.data.taxonomy import MALIGNANT
 from skinscan.evaluation.metrics import balanced_accuracy, screening_rates
@@ -21,14 +21,6 @@ from skinscan.models import calibration as cal
 from skinscan.runtime import create_predictor
 
 COMBOS = (("plain",), ("plain", "hflip"), ("plain", "hflip", "vflip"))
-
-
-def _frame(spec: str, classes: list[str]) -> pd.DataFrame:
-    path, _, split = spec.partition(":")
-    df = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
-    if split:
-        df = df[df["split"] == split]
-    return df[df["label"].isin(classes)].reset_index(drop=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {}
     for item in a.sets:
         name, _, spec = item.partition("=")
-        df = _frame(spec, classes)
+        df = labelled_frame(spec, classes)
         imgs = np.stack([load_image(u, card.input_size) for u in df["uri"]])
         y = df["label"].map(classes.index).to_numpy()
         malignant = np.isin(np.array(classes)[y], sorted(MALIGNANT))
@@ -70,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
         out[name] = res
         print(name, json.dumps(res))
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(out, a.out)
     return out
 
 

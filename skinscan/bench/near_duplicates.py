@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
+from skinscan.bench.common import write_json
 from skinscan.data import phash as ph
 from skinscan.data import storage
 from skinscan.data.imageio import decode_image
@@ -99,8 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
             "manifest_decode_vs_full_decode_bits": {q: float(np.percentile(moved, q)) for q in (50, 90, 100)},
         }
     print(json.dumps(out, indent=1))
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(out, a.out)
     return out
 
 

@@ -153,11 +153,10 @@ def overlap_mask(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.Series, pd.Series
     lesions_a = {x for x in a.get("lesion_id", pd.Series(dtype=str)).dropna()}
     by_lesion = b.get("lesion_id", pd.Series([None] * len(b), index=b.index)).isin(lesions_a)
     by_near = pd.Series(False, index=b.index)
-    if "phash" in a and "phash" in b:
+    if pictures_comparable(a, b):
         in_a, in_b = ph.present(a["phash"]), ph.present(b["phash"])
-        if in_a.any() and in_b.any():
-            d = ph.distances(ph.as_bits(a["phash"].to_numpy()[in_a]), ph.as_bits(b["phash"].to_numpy()[in_b]))
-            by_near[in_b] = d <= ph.MAX_DISTANCE
+        d = ph.distances(ph.as_bits(a["phash"].to_numpy()[in_a]), ph.as_bits(b["phash"].to_numpy()[in_b]))
+        by_near[in_b] = d <= ph.MAX_DISTANCE
     return by_id, by_hash, by_lesion, by_near
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinscan.config import CalibrateConfig
+from skinscan.config import CalibrateConfig, FlagTargets
 from skinscan.errors import ConfigError, DataError
 from skinscan.evaluation.metrics import (
     clustered_rate_intervals,
@@ -33,13 +33,10 @@ def _reaches(target: float, confidence: float | None, lesions: int):
     return lambda sens: (wilson_interval(sens * lesions, lesions, level) or [0.0])[0] >= target
 
 
-def threshold_at_confidence(
-    scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, target: float, confidence: float, start: float
-) -> float | None:
-    """The highest threshold (at or below `start`, the point estimate's) whose sensitivity has a one-sided lower
-    `confidence` bound (Wilson, counted in lesions) at or above `target`; None when flagging every positive does not
-    reach it (too few lesions for that confidence)."""
-    reaches = _reaches(target, confidence, len(np.unique(np.asarray(groups, str)[positive])))
+def threshold_at_confidence(scores: np.ndarray, positive: np.ndarray, reaches, start: float) -> float | None:
+    """The highest threshold (at or below `start`, the point estimate's) whose sensitivity `reaches` the target (a
+    `_reaches` test: its one-sided lower bound, Wilson, counted in lesions); None when flagging every positive does
+    not reach it (too few lesions for that confidence)."""
     for t in np.unique(scores[positive & (scores <= start)])[::-1]:
         if reaches(float((scores[positive] >= t).mean())):
             return float(t)
@@ -95,7 +92,7 @@ def choose_points(
     point's flags cover its positives)."""
     truth = np.array(classes)[y]
     groups = np.asarray(groups, dtype=str)
-    found: dict[str, tuple] = {}  # name -> (members, scores, positive, threshold chosen alone)
+    found: dict[str, tuple] = {}  # name -> (members, scores, positive, its target test, threshold chosen alone)
     for name, target in targets.items():
         members = [c for c in cal.RULE_MEMBERS[name] if c in classes]
         positive = np.isin(truth, members)
@@ -103,9 +100,10 @@ def choose_points(
             print(f"[calibrate] {name}: no positives and negatives in {where}; no operating point")
             continue
         scores = cal.rule_scores(probs, classes, members)
+        reaches = _reaches(target, confidence, len(np.unique(groups[positive])))
         t = cal.threshold_for_sensitivity(scores, positive, target)[0]
         if confidence is not None:
-            bound = threshold_at_confidence(scores, positive, groups, target, confidence, t)
+            bound = threshold_at_confidence(scores, positive, reaches, t)
             if bound is None:
                 bound = float(scores[positive].min())
                 print(
@@ -113,15 +111,11 @@ def choose_points(
                     f"{confidence:.0%} confidence; the threshold flags every positive of {where}"
                 )
             t = bound
-        found[name] = (members, scores, positive, t)
-    thresholds, chosen = {n: f[3] for n, f in found.items()}, "alone"
+        found[name] = (members, scores, positive, reaches, t)
+    thresholds, chosen = {n: f[4] for n, f in found.items()}, "alone"
     if choice == "joint" and len(found) == 2:
-        pair = joint_thresholds(
-            [f[1] for f in found.values()],
-            [f[2] for f in found.values()],
-            [_reaches(targets[n], confidence, len(np.unique(groups[f[2]]))) for n, f in found.items()],
-            ~np.logical_or.reduce([f[2] for f in found.values()]),
-        )
+        _, scores, positives, tests, _ = zip(*found.values())
+        pair = joint_thresholds(list(scores), list(positives), list(tests), ~np.logical_or.reduce(positives))
         if pair is not None:
             thresholds, chosen = dict(zip(found, pair)), "joint"
         else:
@@ -131,18 +125,17 @@ def choose_points(
         print(f"[calibrate] the joint choice is for two points, not {len(found)}: each point chosen alone")
     flag = np.logical_or.reduce([f[1] >= thresholds[n] for n, f in found.items()]) if found else None
     points = {}
-    for name, (members, scores, positive, _) in found.items():
+    for name, (members, scores, positive, reaches, _) in found.items():
         t = thresholds[name]
         flagged = scores >= t
         ci = clustered_rate_intervals(flagged, positive, groups)["sensitivity"]  # Wilson, counted in lesions
         meets = float((flag if chosen == "joint" else flagged)[positive].mean())  # what the target is held by
-        lesions = len(np.unique(groups[positive]))
         points[name] = OperatingPoint(
             classes=members,
             threshold=t,
             target_sensitivity=targets[name],
             target_confidence=confidence,
-            bound_reached=None if confidence is None else bool(_reaches(targets[name], confidence, lesions)(meets)),
+            bound_reached=None if confidence is None else bool(reaches(meets)),
             chosen_on=where,
             chosen=chosen,
             val_sensitivity=float(flagged[positive].mean()),
@@ -180,15 +173,14 @@ def fit(
     bundle: Path,
     df: pd.DataFrame,
     logits: np.ndarray,
-    targets: dict[str, float],
+    flag: FlagTargets,
     where: str,
     reps: int = 1000,
     prior: str = "bias",
-    confidence: float | None = None,
-    choice: str = "joint",
 ) -> ModelCard:
     """Fit the temperature (and, with `prior="bias"`, the class offsets) on (logits, labels of df), choose the
-    operating points on the calibrated probabilities, store both in the card with the whole flag's figures."""
+    operating points of `flag` on the calibrated probabilities, store both in the card with the whole flag's
+    figures."""
     classes = read_card(bundle).class_names
     y = df["label"].map(classes.index).to_numpy()
     t_only = cal.fit_temperature(logits, y)
@@ -197,7 +189,9 @@ def fit(
     by_temperature = score_calibration(cal.softmax(logits, t_only), y, classes)
     corrected = score_calibration(after, y, classes) if bias is not None else by_temperature
     groups = lesion_groups(df)
-    points = choose_points(after, y, classes, groups, targets, where, reps, confidence, choice)
+    points = choose_points(
+        after, y, classes, groups, flag.target_sensitivity, where, reps, flag.confidence, flag.choice
+    )
     calibration = Calibration(
         temperature=t,
         class_bias=None if bias is None else [round(float(b), 6) for b in bias],
@@ -268,18 +262,16 @@ def calibrate_frame(
     bundle: Path,
     df: pd.DataFrame,
     backend: str,
-    targets: dict[str, float],
+    flag: FlagTargets,
     where: str,
     reps: int = 1000,
     prior: str = "bias",
-    confidence: float | None = None,
-    choice: str = "joint",
 ) -> ModelCard:
     """Predict the labelled rows of `df` with `backend` and `fit` on those that decode."""
     from skinscan.evaluation.classifier import predict_frame
 
     df, logits, _ = predict_frame(bundle, df, backend, progress=False)
-    return fit(bundle, df, logits, targets, where, reps, prior, confidence, choice)
+    return fit(bundle, df, logits, flag, where, reps, prior)
 
 
 def run(cfg: CalibrateConfig) -> ModelCard:
@@ -322,7 +314,4 @@ def run(cfg: CalibrateConfig) -> ModelCard:
 
         ensure_onnx(bundle)
     where = f"{Path(data).name} split {cfg.split}" if cfg.split else Path(data).name
-    flag = cfg.flag
-    return calibrate_frame(
-        bundle, df, cfg.backend, flag.target_sensitivity, where, cfg.bootstrap, cfg.prior, flag.confidence, flag.choice
-    )
+    return calibrate_frame(bundle, df, cfg.backend, cfg.flag, where, cfg.bootstrap, cfg.prior)

@@ -256,9 +256,7 @@ def calibrate_on_validation(bundle: Path, df: pd.DataFrame, cfg: TrainConfig) ->
     if val.empty:
         print("[train] no validation split: no calibration or operating points (see skinscan calibrate)")
         return
-    f = cfg.flag
-    where = "validation split"
-    calibrate_frame(bundle, val, "torch", f.target_sensitivity, where, confidence=f.confidence, choice=f.choice)
+    calibrate_frame(bundle, val, "torch", cfg.flag, "validation split")
 
 
 def write_bundle(
